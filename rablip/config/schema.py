@@ -1,0 +1,395 @@
+"""The one typed config schema every entry point reads.
+
+Each section is a dataclass; each field has a docstring (the string under it). YAML files and
+``key=value`` overrides are checked against these classes by :mod:`rablip.config.load`: an unknown
+key or a value of the wrong type stops the program before any work. Checks that go beyond types
+(allowed choices, ranges) live in ``__post_init__`` and raise :class:`ConfigValueError`, which the
+loader turns into a message that also names the file the value came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rablip.errors import ConfigError
+
+
+class ConfigValueError(ConfigError):
+    """A value of the right type that is not allowed (a choice or range check)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.detail = message
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigValueError(key, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}")
+
+
+def _range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigValueError(key, f"{value} is outside [{lo}, {hi}]")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigValueError(key, f"{value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    """Directory of this run: config.yaml, checkpoints, metrics.jsonl, predictions, report."""
+    seed: int = 0
+    """Seed for python, numpy and torch (each process adds its rank)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir (the saved config may differ)."""
+    overwrite: bool = False
+    """Allow starting in a non-empty output_dir whose saved config differs (the old run is replaced)."""
+    name: str = ""
+    """Human-readable run name (wandb run name, report title); defaults to the output dir's name."""
+
+
+@dataclass
+class ArchConfig:
+    """Architecture sizes. For published checkpoints they document (and are checked against) the
+    checkpoint's own config.json; for ``model.build_if_missing`` they are what gets built."""
+
+    image_size: int = 224
+    """Input image side in pixels."""
+    patch_size: int = 14
+    vision_hidden_size: int = 1408
+    vision_layers: int = 39
+    vision_heads: int = 16
+    vision_intermediate_size: int = 6144
+    qformer_hidden_size: int = 768
+    qformer_layers: int = 12
+    qformer_heads: int = 12
+    qformer_intermediate_size: int = 3072
+    cross_attention_frequency: int = 2
+    """The Q-Former cross-attends to image features every this many layers."""
+    num_query_tokens: int = 32
+    llm_type: str = "t5"
+    """Language model family: t5 (encoder-decoder), opt or llama (decoder-only)."""
+    llm_hidden_size: int = 2048
+    llm_layers: int = 24
+    llm_heads: int = 32
+    llm_intermediate_size: int = 5120
+    llm_vocab_size: int = 32128
+    qformer_vocab_size: int = 30523
+
+    def __post_init__(self) -> None:
+        _choice("model.arch.llm_type", self.llm_type, ("t5", "opt", "llama"))
+        for name in ("image_size", "patch_size", "vision_hidden_size", "vision_layers", "qformer_hidden_size",
+                     "qformer_layers", "num_query_tokens", "llm_hidden_size", "llm_layers"):
+            _positive(f"model.arch.{name}", getattr(self, name))
+
+
+@dataclass
+class FusionConfig:
+    layers: int = 3
+    """Multiway transformer layers of the fusion encoder (RA-BLIP's release has 3)."""
+    dim: int = 256
+    """Width of the L2-normalised retrieval embedding."""
+    heads: int = 4
+    checkpoint: str = ""
+    """Directory of a pre-trained fusion encoder (run_pretrain's output); empty = untrained."""
+
+
+@dataclass
+class RefineConfig:
+    enabled: bool = False
+    """RORA-VLM query-oriented visual token refinement before the Q-Former's cross-attention."""
+    top_m: int = 64
+    """Patches kept per image (question image: by similarity to the question; items: to kept query patches)."""
+
+
+@dataclass
+class ModelConfig:
+    checkpoint: str = "checkpoints/instructblip-flan-t5-xl"
+    """Base checkpoint dir: a transformers InstructBLIP or BLIP-2 dir, or a rablip checkpoint dir."""
+    build_if_missing: bool = False
+    """Build a fresh model of size ``arch`` (with tokenizers trained on the data) when checkpoint is empty.
+    Only for tiny synthetic experiments: real runs must point at real weights."""
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    qformer_instruction: bool = True
+    """Whether the Q-Former reads the instruction (InstructBLIP). False for BLIP-2 checkpoints."""
+    vision_backend: str = "hf"
+    """hf: the checkpoint's InstructBLIP/BLIP-2 vision model; timm: a timm backbone named by timm_name."""
+    timm_name: str = ""
+    trainable: list[str] = field(
+        default_factory=lambda: ["qformer", "query_tokens", "language_projection", "slot_embeddings"])
+    """Modules that train; the rest are frozen (RA-BLIP: vision encoder and LLM frozen)."""
+    gradient_checkpointing: bool = False
+    """Recompute LLM and Q-Former activations in the backward pass to save memory."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+
+    def __post_init__(self) -> None:
+        _choice("model.vision_backend", self.vision_backend, ("hf", "timm"))
+        if self.vision_backend == "timm" and not self.timm_name:
+            raise ConfigValueError("model.timm_name", "must name a timm model when model.vision_backend=timm")
+        allowed = ("vision_model", "qformer", "query_tokens", "language_projection", "language_model",
+                   "slot_embeddings", "fusion")
+        for name in self.trainable:
+            _choice("model.trainable", name, allowed)
+
+
+@dataclass
+class SplitConfig:
+    """Files of one split, in the benchmark's official format."""
+
+    path: str = ""
+    """Main file: OK-VQA/VQAv2 questions json, A-OKVQA json, WebQA json, InfoSeek jsonl."""
+    annotations: str = ""
+    """OK-VQA/VQAv2 annotations json (empty for test-style splits)."""
+    qtypes: str = ""
+    """InfoSeek question-type jsonl."""
+    image_root: str = ""
+    """Directory holding the split's images."""
+    image_split: str = ""
+    """Image sub-folder and COCO name part, e.g. val2014 (OK-VQA) or val (A-OKVQA -> val2017)."""
+    split: str = ""
+    """Split name inside a shared file (WebQA's train/val)."""
+
+
+@dataclass
+class KBConfig:
+    format: str = "jsonl"
+    """Input format: jsonl (generic knowledge-base JSONL), wit_tsv, or webqa (facts of WebQA json)."""
+    path: str = ""
+    """Input file of the knowledge base."""
+    root: str = ""
+    """KB root directory: relative image paths resolve under it and may not escape it."""
+    store_dir: str = ""
+    """Output directory of the on-disk Arrow store (built by scripts/build_kb.py)."""
+    wit_title_column: str = "page_title"
+    wit_text_column: str = "reference_description"
+    wit_image_column: str = "image_url"
+    webqa_images_tsv: str = ""
+    """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts."""
+
+    def __post_init__(self) -> None:
+        _choice("data.kb.format", self.format, ("jsonl", "wit_tsv", "webqa"))
+
+
+@dataclass
+class SyntheticConfig:
+    world_dir: str = "data/synthetic"
+    """Where the synthetic world lives; built on first use when empty."""
+    entities: int = 96
+    seed: int = 0
+    unseen_fraction: float = 0.3
+    """Share of val/test entities that never appear in train."""
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("data.synthetic.entities", self.entities)
+        _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek, synthetic (OK-VQA format)."""
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    test: SplitConfig = field(default_factory=SplitConfig)
+    kb: KBConfig = field(default_factory=KBConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    on_bad_image: str = "error"
+    """error: stop at a missing or unreadable image; skip: leave the record out and report it at the end."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    max_input_length: int = 256
+    """LLM input tokens (references are truncated first)."""
+    max_target_length: int = 32
+    qformer_max_length: int = 64
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek", "synthetic"))
+        _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass
+class RetrievalConfig:
+    source: str = "gold"
+    """index: live search; static: a retrieval results file; gold: the dataset's relevance labels; none."""
+    mode: str = "ra_blip"
+    """ra_blip: fused image+question -> multimodal items; image: image -> image items;
+    two_stage: RORA-VLM image -> entity names -> expanded question -> text items."""
+    k: int = 3
+    """References given to the generator per question."""
+    index_dir: str = ""
+    static_file: str = ""
+    """Retrieval results file for source=static."""
+    index_type: str = "flat"
+    """flat (exact inner product), ivfflat, ivfpq, hnsw."""
+    nlist: int = 1024
+    pq_m: int = 32
+    nbits: int = 8
+    hnsw_m: int = 32
+    nprobe: int = 16
+    rerank_exact: bool = False
+    """Re-score k x rerank_factor candidates with full-precision embeddings."""
+    rerank_factor: int = 4
+    rerank_model: bool = False
+    """Re-order the top-k with the model's trained re-ranker."""
+    expansion_entities: int = 1
+    """two_stage: entity names from the image search added to the question."""
+    allow_foreign_index: bool = False
+    """Accept an index whose manifest names another encoder or whose checksum differs (not advised)."""
+
+    def __post_init__(self) -> None:
+        _choice("retrieval.source", self.source, ("index", "static", "gold", "none"))
+        _choice("retrieval.mode", self.mode, ("ra_blip", "image", "two_stage"))
+        _choice("retrieval.index_type", self.index_type, ("flat", "ivfflat", "ivfpq", "hnsw"))
+        _positive("retrieval.k", self.k, allow_zero=True)
+
+
+@dataclass
+class AskgConfig:
+    enabled: bool = False
+    """Adaptive Selection Knowledge Generation: mix irrelevant references and add the selection sample."""
+    noise_ratio: float = 0.5
+    """Share of a sample's references that are irrelevant."""
+    weight: float = 0.1
+    """Loss weight of the relevance-selection sample (RA-BLIP: 0.1)."""
+    negatives: str = "random"
+    """random: random KB items; hard: retriever ranks below the relevant ones; dataset: its own distractors."""
+
+    def __post_init__(self) -> None:
+        _range("askg.noise_ratio", self.noise_ratio, 0.0, 1.0)
+        _positive("askg.weight", self.weight, allow_zero=True)
+        _choice("askg.negatives", self.negatives, ("random", "hard", "dataset"))
+
+
+@dataclass
+class NoiseConfig:
+    random_snippets: int = 0
+    """RORA-VLM noise-resilient training: irrelevant snippets of random entities added per example."""
+
+    def __post_init__(self) -> None:
+        _positive("noise.random_snippets", self.random_snippets, allow_zero=True)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    """Peak learning rate (after warm-up)."""
+    min_lr_ratio: float = 0.1
+    """Cosine schedule ends at lr x min_lr_ratio."""
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    batch_size: int = 8
+    """Per-process batch size (global batch = batch_size x processes x grad_accum)."""
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    mixed_precision: str = "auto"
+    """auto: bf16 on GPU, fp32 on CPU; no; bf16."""
+    save_every: int = 500
+    """Save a checkpoint every this many optimizer steps."""
+    keep_last: int = 2
+    """Checkpoints kept besides the best one."""
+    eval_every: int = 0
+    """Evaluate every this many steps (0: only at the end)."""
+    best_metric: str = ""
+    """Metric that selects the best checkpoint (empty: keep none as best)."""
+    best_mode: str = "max"
+    skip_nonfinite: bool = False
+    """Skip steps with a NaN/inf loss (counted) instead of stopping."""
+    feature_cache: bool = False
+    """Cache frozen vision features of knowledge-item images on disk."""
+    itc_weight: float = 1.0
+    """Pre-training: image-text contrastive loss weight."""
+    itm_weight: float = 1.0
+    """Pre-training: image-text matching (hard negatives) loss weight."""
+    itg_weight: float = 1.0
+    """Pre-training: Q-Former caption generation loss weight."""
+
+    def __post_init__(self) -> None:
+        _positive("train.lr", self.lr)
+        _positive("train.max_steps", self.max_steps)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.grad_accum", self.grad_accum)
+        _positive("train.save_every", self.save_every)
+        _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
+        _range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
+        _choice("train.best_mode", self.best_mode, ("max", "min"))
+        if len(self.betas) != 2:
+            raise ConfigValueError("train.betas", f"needs two values, got {self.betas}")
+
+
+@dataclass
+class EvalConfig:
+    split: str = "val"
+    """Split to answer: train, val or test."""
+    checkpoint: str = ""
+    """Fine-tuned rablip checkpoint dir to evaluate (empty: model.checkpoint as it is)."""
+    batch_size: int = 8
+    num_beams: int = 5
+    max_new_tokens: int = 10
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+    lemmatize: bool = False
+    """OK-VQA: lemmatize predictions as BLIP-2/LAVIS do (not part of the official metric)."""
+    noisy_fraction: float = 0.0
+    """Replace this share of the k references by random KB items (robustness check)."""
+    report: bool = True
+    """Write report.html with plots and an example gallery."""
+    gallery_size: int = 24
+
+    def __post_init__(self) -> None:
+        _choice("eval.split", self.split, ("train", "val", "test"))
+        _positive("eval.num_beams", self.num_beams)
+        _range("eval.noisy_fraction", self.noisy_fraction, 0.0, 1.0)
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False
+    """Log to Weights & Biases (offline mode works without network)."""
+    wandb_project: str = "rablip"
+    wandb_mode: str = "offline"
+    """offline writes a local run folder to sync later; online needs network."""
+    every: int = 10
+    """Log metrics every this many optimizer steps."""
+
+    def __post_init__(self) -> None:
+        _choice("log.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    askg: AskgConfig = field(default_factory=AskgConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every valid dotted key of the schema, mapped to its field type (sections included)."""
+    import dataclasses
+    import typing
+
+    keys: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        keys[name] = hints[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.update(schema_keys(hints[f.name], name + "."))
+    return keys
