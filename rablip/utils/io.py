@@ -19,6 +19,10 @@ from rablip.errors import DataError
 
 PathLike = str | os.PathLike
 
+# Read once at import: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 KeySpec = Mapping[str, type | tuple[type, ...] | None] | Iterable[str]
 """Keys a record must carry: a list of names, or a mapping from name to the expected type(s)
 (``None`` means any type)."""
@@ -114,6 +118,8 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would (or the old file's).
+        os.chmod(tmp_name, _target_mode(path))
         with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
             handle.write(text)
             handle.flush()
@@ -123,6 +129,13 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _target_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
 
 
 def _fsync_directory(directory: Path) -> None:

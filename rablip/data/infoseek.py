@@ -1,0 +1,99 @@
+"""InfoSeek: ``infoseek_{train,val,test}.jsonl`` plus the optional question-type file -> QAExample list.
+
+Record: ``{data_id, image_id, question, answer (list), answer_eval, data_split}``; numeric
+questions carry ``answer_eval`` as ``[{"wikidata": value, "range": [lo, hi]}]``. The question-type
+file (``infoseek_val_qtype.jsonl``) maps ``data_id`` to ``question_type`` (String, Numerical, Time).
+Images are OVEN images named by ``image_id``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rablip.data.records import QAExample
+from rablip.errors import DataError
+from rablip.utils.io import check_type, iter_jsonl_with_lines, require_keys
+
+RECORD_KEYS = {"data_id": str, "image_id": str, "question": str}
+QUESTION_TYPES = ("String", "Numerical", "Time")
+DEFAULT_IMAGE_PATTERN = "{image_id}.jpg"
+_FIELD_KEYS = {"data_id", "question", "answer"}
+
+
+def read_question_types(qtype_path: str | os.PathLike) -> dict[str, str]:
+    """``data_id -> question_type`` from an InfoSeek question-type JSONL file."""
+    what = "InfoSeek question-type file"
+    types: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line_number, record in iter_jsonl_with_lines(qtype_path, what):
+        where = f"{what} {qtype_path}, line {line_number}"
+        require_keys(record, {"data_id": str, "question_type": str}, where)
+        data_id, question_type = record["data_id"], record["question_type"]
+        if question_type not in QUESTION_TYPES:
+            raise DataError(f"{where}: question_type {question_type!r} is not one of {QUESTION_TYPES}.")
+        if data_id in first_line:
+            raise DataError(f"{where}: duplicate data_id {data_id!r} (first on line {first_line[data_id]}).")
+        first_line[data_id] = line_number
+        types[data_id] = question_type
+    return types
+
+
+def infoseek_image_path(
+    image_root: str | os.PathLike, image_id: str, image_pattern: str = DEFAULT_IMAGE_PATTERN
+) -> str:
+    """``{image_root}/{image_pattern with image_id filled in}`` (relative when root is empty)."""
+    return str(Path(image_root, image_pattern.replace("{image_id}", image_id)))
+
+
+def load_infoseek(
+    jsonl_path: str | os.PathLike,
+    qtype_path: str | os.PathLike | None = None,
+    image_root: str | os.PathLike = "",
+    image_pattern: str = DEFAULT_IMAGE_PATTERN,
+) -> list[QAExample]:
+    """Load an InfoSeek split in file order.
+
+    With ``qtype_path`` every question gets its ``question_type`` (String / Numerical / Time);
+    entries for other data ids are ignored, so a subset of a split can share the split's file.
+    ``extra`` holds ``image_id``, ``answer_eval`` and ``data_split`` (and any other key).
+    ``image_pattern`` has ``{image_id}`` replaced by the id to name the file under ``image_root``.
+    """
+    what = "InfoSeek file"
+    if "{image_id}" not in image_pattern:
+        raise DataError(f"image_pattern {image_pattern!r} must contain '{{image_id}}'.")
+    question_types = read_question_types(qtype_path) if qtype_path is not None else None
+    examples: list[QAExample] = []
+    first_line: dict[str, int] = {}
+    for line_number, record in iter_jsonl_with_lines(jsonl_path, what):
+        where = f"{what} {jsonl_path}, line {line_number}"
+        require_keys(record, RECORD_KEYS, where)
+        data_id = record["data_id"]
+        if data_id in first_line:
+            raise DataError(f"{where}: duplicate data_id {data_id!r} (first on line {first_line[data_id]}).")
+        first_line[data_id] = line_number
+        answers = record.get("answer", [])
+        check_type(answers, list, where, "answer")
+        for position, answer in enumerate(answers):
+            check_type(answer, str, where, f"answer[{position}]")
+        if "answer_eval" in record:
+            check_type(record["answer_eval"], list, where, "answer_eval")
+        question_type = None
+        if question_types is not None:
+            if data_id not in question_types:
+                raise DataError(
+                    f"{where}: data_id {data_id!r} has no entry in the question-type file {qtype_path}. "
+                    "Use the question-type file of the same split."
+                )
+            question_type = question_types[data_id]
+        examples.append(
+            QAExample(
+                id=data_id,
+                image=infoseek_image_path(image_root, record["image_id"], image_pattern),
+                question=record["question"],
+                answers=list(answers),
+                question_type=question_type,
+                extra={key: value for key, value in record.items() if key not in _FIELD_KEYS},
+            )
+        )
+    return examples

@@ -1,0 +1,96 @@
+"""Every prompt template rablip uses, as plain format strings with one small function each.
+
+The LLM reads ``[question image] [reference 1] ... [reference k] [prompt]`` (see collate); this
+module writes the text parts: one line per reference (``qa`` style for answering, ``select`` style
+for ASKG's relevance selection), the final prompt (the QA prompt or the selection prompt, both
+ending with the answer prefix so generation continues from it), the selection target
+(``Reference N``) and the Q-Former instruction of each image slot. No tokenization happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The InstructBLIP VQA prompt; "Short answer:" is the answer prefix that generation continues.
+QA_PROMPT = "Question: {question} Short answer:"
+QA_PROMPT_WITH_CHOICES = "Question: {question} Options: {choices}. Short answer:"
+CHOICE_SEPARATOR = ", "
+
+# One retrieved reference inside the LLM input (QA samples). The image tokens of an item with an
+# image come right before its line.
+REFERENCE_LINE = "Reference {number}: {body}"
+TITLED_TEXT = "{title}: {text}"
+UNTITLED_IMAGE_BODY = "image"
+REFERENCE_SEPARATOR = "\n"
+
+# ASKG relevance selection: each reference described by modality, then the selection prompt.
+SELECT_IMAGE_BODY = "image with caption: {caption}"
+SELECT_TEXT_BODY = "text: {text}"
+SELECT_PROMPT = (
+    "Question: {question} Which of the references above is relevant to the question, that is, "
+    "helps answer it? Answer with its reference number. Relevant reference:"
+)
+SELECT_TARGET = "Reference {number}"
+
+# Q-Former instructions: the question first, so that truncating the tail cuts the caption first.
+QFORMER_QUESTION = "Question: {question}"
+QFORMER_ITEM = "Question: {question} Image caption: {caption}"
+
+
+def _clean(text: str) -> str:
+    """Collapse runs of whitespace, so record text cannot break the line layout of a prompt."""
+    return " ".join(text.split())
+
+
+def item_caption(title: str, text: str) -> str:
+    """An item's description as one string: ``title: text``, or whichever of the two is present."""
+    title, text = _clean(title), _clean(text)
+    if title and text:
+        return TITLED_TEXT.format(title=title, text=text)
+    return title or text
+
+
+def qa_reference_line(number: int, title: str, text: str) -> str:
+    """``Reference 1: <title>: <text>`` for a QA sample; ``Reference 1: image`` when an item has no text."""
+    body = item_caption(title, text) or UNTITLED_IMAGE_BODY
+    return REFERENCE_LINE.format(number=number, body=body)
+
+
+def reference_label(number: int) -> str:
+    """The start of a reference line, ``Reference N:``, which truncation never cuts."""
+    return REFERENCE_LINE.format(number=number, body="").rstrip()
+
+
+def select_reference_line(number: int, has_image: bool, title: str, text: str) -> str:
+    """``Reference 2: image with caption: ...`` or ``Reference 2: text: ...`` for an ASKG sample."""
+    caption = item_caption(title, text)
+    body = SELECT_IMAGE_BODY.format(caption=caption) if has_image else SELECT_TEXT_BODY.format(text=caption)
+    return REFERENCE_LINE.format(number=number, body=body.rstrip())
+
+
+def qa_prompt(question: str, choices: Sequence[str] | None = None) -> str:
+    """The QA prompt ending with the answer prefix; lists the options when ``choices`` is given."""
+    if choices:
+        listed = CHOICE_SEPARATOR.join(_clean(choice) for choice in choices)
+        return QA_PROMPT_WITH_CHOICES.format(question=_clean(question), choices=listed)
+    return QA_PROMPT.format(question=_clean(question))
+
+
+def select_prompt(question: str) -> str:
+    """ASKG's relevance-selection prompt, placed after the numbered references."""
+    return SELECT_PROMPT.format(question=_clean(question))
+
+
+def select_target(number: int) -> str:
+    """The target of a relevance-selection sample: ``Reference N`` (1-based, as listed)."""
+    if number < 1:
+        raise ValueError(f"reference numbers start at 1, got {number}")
+    return SELECT_TARGET.format(number=number)
+
+
+def qformer_instruction(question: str, caption: str = "") -> str:
+    """The Q-Former instruction of one image slot: the question, plus the item's caption if any."""
+    caption = _clean(caption)
+    if caption:
+        return QFORMER_ITEM.format(question=_clean(question), caption=caption)
+    return QFORMER_QUESTION.format(question=_clean(question))
