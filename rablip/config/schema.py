@@ -154,6 +154,8 @@ class SplitConfig:
     """Image sub-folder and COCO name part, e.g. val2014 (OK-VQA) or val (A-OKVQA -> val2017)."""
     split: str = ""
     """Split name inside a shared file (WebQA's train/val)."""
+    image_pattern: str = "{image_id}.jpg"
+    """InfoSeek: image file name under image_root, formatted with the record's image_id."""
 
 
 @dataclass
@@ -169,6 +171,9 @@ class KBConfig:
     wit_title_column: str = "page_title"
     wit_text_column: str = "reference_description"
     wit_image_column: str = "image_url"
+    wit_id_column: str = ""
+    """Column holding item ids (empty: ids are <file stem>-<row>)."""
+    wit_has_header: bool = True
     webqa_images_tsv: str = ""
     """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts."""
 
@@ -182,13 +187,25 @@ class SyntheticConfig:
     """Where the synthetic world lives; built on first use when empty."""
     entities: int = 96
     seed: int = 0
+    distractors: int = -1
+    """Distractor entities (in the KB, in no question); -1: entities // 2."""
     unseen_fraction: float = 0.3
     """Share of val/test entities that never appear in train."""
     image_size: int = 64
+    train_images_per_entity: int = 12
+    """Question images per seen entity in train (each carries a knowledge, a visual and a naming question)."""
+    eval_images_per_entity: int = 3
+    edit_fraction: float = 0.2
+    """Knowledge edit: share of test entities whose facts change."""
+    llm_tokenizer_kind: str = "t5"
+    """Tokenizer trained for the tiny LLM: t5 (encoder-decoder) or causal (decoder-only)."""
+    tokenizer_vocab_size: int = 1500
 
     def __post_init__(self) -> None:
         _positive("data.synthetic.entities", self.entities)
         _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)
+        _range("data.synthetic.edit_fraction", self.edit_fraction, 0.0, 1.0)
+        _choice("data.synthetic.llm_tokenizer_kind", self.llm_tokenizer_kind, ("t5", "causal"))
 
 
 @dataclass
