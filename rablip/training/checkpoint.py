@@ -1,0 +1,174 @@
+"""Training checkpoints: everything needed to continue a run bit-exactly, in safetensors and JSON.
+
+A checkpoint is a directory ``<run>/checkpoints/step-XXXXXXXX`` holding
+
+- ``model.safetensors``: the trainable weights;
+- ``optimizer.safetensors`` + ``optimizer.json``: AdamW's tensors and its param groups;
+- ``rng.safetensors`` + ``rng.json``: torch (CPU and CUDA), numpy and python generator states;
+- ``trainer_state.json``: step, samples seen, best metric so far, skipped steps (written last).
+
+It is written into a temporary sibling directory and renamed into place, so a process killed while
+writing leaves the previous checkpoints untouched and no directory that looks complete. Nothing is
+unpickled on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rablip.errors import RablipError
+from rablip.utils.io import atomic_write_json
+
+CHECKPOINTS = "checkpoints"
+PREFIX = "step-"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    """Optimizer steps done."""
+    samples_seen: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite loss (train.skip_nonfinite)."""
+    history: list[dict] = field(default_factory=list)
+    """Evaluation results so far (step and metrics)."""
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (their state file exists), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (and nothing else), detached and contiguous, on CPU."""
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_to_files() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    meta = {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(py_state), gauss]}
+    return tensors, meta
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, py_state, gauss = meta["python"]
+    random.setstate((version, tuple(py_state), gauss))
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: TrainerState, keep_last: int) -> Path:
+    """Write a checkpoint of ``state.step`` atomically and prune old ones (the best one is kept)."""
+    final = checkpoint_dir(run_dir, state.step)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(trainable_state_dict(model), str(tmp / "model.safetensors"))
+        tensors, meta = _optimizer_to_files(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write_json(tmp / "optimizer.json", meta, indent=None)
+        rng_tensors, rng_meta = _rng_to_files()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        atomic_write_json(tmp / "rng.json", rng_meta, indent=None)
+        atomic_write_json(tmp / STATE_FILE, asdict(state))
+        if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(run_dir, keep_last, state.best_step)
+    return final
+
+
+def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
+    complete = list_checkpoints(run_dir)
+    keep = set(complete[-max(1, keep_last):])
+    if best_step is not None:
+        keep.add(checkpoint_dir(run_dir, best_step))
+    for path in complete:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainerState:
+    """Restore weights, optimizer and RNG states from a checkpoint; returns the trainer state."""
+    path = Path(path)
+    try:
+        state = TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+        weights = load_file(str(path / "model.safetensors"))
+    except (OSError, ValueError, TypeError) as exc:
+        raise RablipError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from an earlier one") from None
+    trainable = dict(model.named_parameters())
+    expected = {n for n, p in trainable.items() if p.requires_grad}
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise RablipError(f"checkpoint {path} does not fit this model's trainable parameters "
+                          f"(missing: {missing[:10]}, unexpected: {unexpected[:10]}); was model.trainable changed?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            trainable[name].copy_(value)
+    if optimizer is not None:
+        meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+        optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta))
+    _restore_rng(load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text(encoding="utf-8")))
+    return state
