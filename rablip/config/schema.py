@@ -168,6 +168,8 @@ class KBConfig:
     """KB root directory: relative image paths resolve under it and may not escape it."""
     store_dir: str = ""
     """Output directory of the on-disk Arrow store (built by scripts/build_kb.py)."""
+    overwrite: bool = False
+    """Replace an existing store at store_dir (only a directory that is a store)."""
     wit_title_column: str = "page_title"
     wit_text_column: str = "reference_description"
     wit_image_column: str = "image_url"
