@@ -255,3 +255,24 @@ def test_okvqa_loader_reads_the_val_split(world):
         assert example.question_type == annotation["question_type"]
         assert example.extra["entity_id"] == annotation["entity_id"]
         assert example.extra["seen_entity"] == annotation["seen_entity"]
+
+
+def test_val_annotations_score_with_the_official_vqa_metric(world, tmp_path):
+    """The world's files pass the official-equivalent VQA evaluation: canonical answers score 100,
+    an always-wrong answer 0, and each question type is reported."""
+    import collections
+
+    from rablip.evaluation.vqa_metric import score_vqa_files
+
+    annotations = json.loads((world / "mscoco_val2014_annotations.json").read_text())["annotations"]
+    canonical = [{"question_id": a["question_id"],
+                  "answer": collections.Counter(x["answer"] for x in a["answers"]).most_common(1)[0][0]}
+                 for a in annotations]
+    wrong = [{"question_id": a["question_id"], "answer": "zzzz"} for a in annotations]
+    for predictions, expected in ((canonical, 100.0), (wrong, 0.0)):
+        path = tmp_path / "pred.json"
+        path.write_text(json.dumps(predictions))
+        scores = score_vqa_files(world / "OpenEnded_mscoco_val2014_questions.json",
+                                 world / "mscoco_val2014_annotations.json", path)
+        assert scores["overall"] == expected
+        assert set(scores["per_question_type"]) == {"knowledge", "visual", "naming"}
