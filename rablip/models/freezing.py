@@ -1,0 +1,99 @@
+"""Which modules train, parameter counts, precision and gradient checkpointing, all by config.
+
+Module groups are the names in :data:`rablip.models.config.MODULE_GROUPS`; ``slot_embeddings``
+covers RA-BLIP's slot type and slot position tables.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_GROUP_PREFIXES = {
+    "vision_model": ("vision_model.",),
+    "query_tokens": ("query_tokens",),
+    "qformer": ("qformer.",),
+    "language_projection": ("language_projection.",),
+    "language_model": ("language_model.",),
+    "slot_embeddings": ("slot_type_embeds", "slot_position_embeds"),
+}
+
+
+def group_of(parameter_name: str) -> str:
+    """The module group a parameter (or state-dict key) belongs to."""
+    for group, prefixes in _GROUP_PREFIXES.items():
+        if parameter_name.startswith(prefixes):
+            return group
+    raise KeyError(f"parameter {parameter_name!r} belongs to no module group")
+
+
+def is_trainable_key(parameter_name: str, trainable_modules: list[str]) -> bool:
+    """Whether a parameter / state-dict key is in one of the trainable module groups."""
+    return group_of(parameter_name) in trainable_modules
+
+
+def apply_trainable_modules(model: nn.Module) -> None:
+    """Set ``requires_grad`` from ``model.config.trainable_modules``; a frozen vision tower goes to eval mode."""
+    trainable = model.config.trainable_modules
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(is_trainable_key(name, trainable))
+    if "vision_model" not in trainable:
+        model.vision_model.eval()
+
+
+def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Total and trainable parameter counts per module group (and ``all``), logged at INFO."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, parameter in model.named_parameters():
+        for key in (group_of(name), "all"):
+            entry = counts.setdefault(key, {"total": 0, "trainable": 0})
+            entry["total"] += parameter.numel()
+            entry["trainable"] += parameter.numel() if parameter.requires_grad else 0
+    for group, entry in counts.items():
+        logger.info("parameters %-20s total %12d trainable %12d", group, entry["total"], entry["trainable"])
+    return counts
+
+
+def frozen_dtype_for(model: nn.Module, device: torch.device | str) -> torch.dtype:
+    """bf16 for frozen parts on GPU (never fp16: T5 overflows in fp16), fp32 on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def apply_precision(model: nn.Module, device: torch.device | str) -> torch.dtype:
+    """Move to ``device``; frozen module groups in :func:`frozen_dtype_for`, trainable ones in fp32."""
+    frozen_dtype = frozen_dtype_for(model, device)
+    model.to(device)
+    trainable = model.config.trainable_modules
+    for group in ("vision_model", "language_model"):
+        getattr(model, group).to(frozen_dtype if group not in trainable else torch.float32)
+    for group in ("qformer", "language_projection"):
+        getattr(model, group).to(torch.float32)
+    return frozen_dtype
+
+
+def is_checkpointing(part: nn.Module) -> bool:
+    """Whether gradient (activation) checkpointing is on for a transformers model."""
+    if hasattr(type(part), "is_activation_checkpointing"):
+        return bool(part.is_activation_checkpointing)
+    return bool(part.is_gradient_checkpointing)
+
+
+def set_gradient_checkpointing(model: nn.Module, language_model: bool, qformer: bool) -> None:
+    """Switch gradient checkpointing of the LLM and of the Q-Former on or off."""
+    for enabled, part in ((language_model, model.language_model), (qformer, model.qformer)):
+        # transformers 5 renamed the switches to activation_checkpointing_*; accept both spellings
+        if enabled:
+            if hasattr(part, "activation_checkpointing_enable"):
+                part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif is_checkpointing(part):
+            disable = getattr(part, "activation_checkpointing_disable", None) or part.gradient_checkpointing_disable
+            disable()

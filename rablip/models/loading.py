@@ -1,0 +1,262 @@
+"""Strict loading and saving of RA-BLIP generator checkpoints.
+
+Three kinds of checkpoint dir load through :func:`load_pretrained`:
+
+- a transformers InstructBLIP dir (``model_type: instructblip``) or BLIP-2 dir (``blip-2``), as
+  the Salesforce checkpoints are laid out (config.json + safetensors, possibly sharded);
+- a full rablip dir (``model_type: rablip`` + ``model.safetensors``), written by
+  ``save_pretrained(trainable_only=False)``;
+- a trainable-only rablip dir (``model_type: rablip`` + ``rablip_weights.safetensors``), holding
+  only the modules that train plus ``base_checkpoint``: the dir with the remaining weights.
+
+Every missing or unexpected weight is an error listing the keys, except the declared
+expected-missing ones (RA-BLIP's new slot tables when starting from InstructBLIP / BLIP-2).
+Only safetensors and JSON are read; pickled ``.bin`` weights are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.utils import logging as hf_logging
+
+from rablip.errors import RablipError
+from rablip.models.config import RABLIP_FIELDS, RABlipConfig, config_from_transformers
+from rablip.models.freezing import apply_trainable_modules, group_of
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_WEIGHTS_FILE = "rablip_weights.safetensors"
+FULL_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+#: Weights a transformers InstructBLIP / BLIP-2 checkpoint cannot have; they start at zero.
+EXPECTED_MISSING_FROM_TRANSFORMERS = ("slot_type_embeds", "slot_position_embeds")
+_MAX_BASE_DEPTH = 4
+
+
+class CheckpointError(RablipError):
+    """A checkpoint dir that cannot be loaded: unknown layout, missing, unexpected or misshapen weights."""
+
+
+def _format_keys(title: str, keys: Iterable[str], limit: int = 40) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{title} ({len(keys)}): {shown}{more}"
+
+
+def read_config_dict(path: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint dir."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: no config.json; expected a transformers InstructBLIP/BLIP-2 or rablip checkpoint dir")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_file}: invalid JSON at line {error.lineno}: {error.msg}") from error
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``"instructblip"``, ``"blip-2"``, ``"rablip-full"`` or ``"rablip-trainable"``."""
+    path = Path(path)
+    model_type = read_config_dict(path).get("model_type")
+    if model_type in ("instructblip", "blip-2"):
+        kind = model_type
+    elif model_type == "rablip":
+        kind = "rablip-trainable" if (path / TRAINABLE_WEIGHTS_FILE).is_file() else "rablip-full"
+    else:
+        raise CheckpointError(
+            f"{path / 'config.json'}: model_type {model_type!r} is not supported; expected 'instructblip', "
+            "'blip-2' or 'rablip' (convert LAVIS .pth files with scripts/convert_lavis.py)"
+        )
+    if kind != "rablip-trainable" and not any((path / name).is_file() for name in FULL_WEIGHTS_FILES):
+        raise CheckpointError(
+            f"{path}: no safetensors weights ({' or '.join(FULL_WEIGHTS_FILES)}); pickled .bin weights are not read"
+        )
+    return kind
+
+
+def check_loading_info(
+    source: Path,
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    mismatched: Iterable[Any] = (),
+    allowed_missing_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Raise :class:`CheckpointError` listing missing / unexpected / misshapen keys (allowed ones excepted)."""
+    missing = [key for key in missing if not key.startswith(allowed_missing_prefixes)] if allowed_missing_prefixes \
+        else list(missing)
+    unexpected, mismatched = list(unexpected), list(mismatched)
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [f"{source}: the weights do not fit the model architecture in its config"]
+    if missing:
+        parts.append(_format_keys("missing keys", missing))
+    if unexpected:
+        parts.append(_format_keys("unexpected keys", unexpected))
+    if mismatched:
+        parts.append(_format_keys("keys with a different shape", [str(item) for item in mismatched]))
+    parts.append("check that the checkpoint and the model config (model.*) describe the same architecture")
+    raise CheckpointError("\n  ".join(parts))
+
+
+def _split_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(overrides) - set(RABLIP_FIELDS))
+    if unknown:
+        raise CheckpointError(f"unknown model override(s) {unknown}; allowed: {list(RABLIP_FIELDS)}")
+    return overrides
+
+
+def _load_with_transformers(cls, path: Path, config: RABlipConfig, allowed_missing: tuple[str, ...], **hf_kwargs):
+    # transformers' own load report would warn about the expected-missing slot tables; the strict
+    # check below reports everything that matters
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls._transformers_from_pretrained(
+            str(path),
+            config=config,
+            output_loading_info=True,
+            use_safetensors=True,
+            ignore_mismatched_sizes=True,  # reported in info["mismatched_keys"], refused below
+            **hf_kwargs,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(
+        path,
+        info.get("missing_keys", ()),
+        info.get("unexpected_keys", ()),
+        info.get("mismatched_keys", ()),
+        allowed_missing,
+    )
+    return model
+
+
+def load_pretrained(
+    cls,
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device_map: Any = None,
+    _depth: int = 0,
+    **overrides: Any,
+):
+    """Load any of the three checkpoint kinds into ``cls`` (``RABlipForConditionalGeneration``).
+
+    ``overrides`` set RA-BLIP config fields (``max_image_slots``, ``refine_top_m``,
+    ``trainable_modules``, ``base_checkpoint`` for a moved base, ...). ``dtype`` and ``device_map``
+    are passed to transformers. ``config.base_checkpoint`` of the result names the dir holding
+    its frozen weights, for a later trainable-only save.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint dir {path} does not exist")
+    if _depth > _MAX_BASE_DEPTH:
+        raise CheckpointError(f"{path}: base_checkpoint chain deeper than {_MAX_BASE_DEPTH} (a cycle?)")
+    overrides = _split_overrides(overrides)
+    kind = checkpoint_kind(path)
+    hf_kwargs = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
+    config_dict = read_config_dict(path)
+    if kind in ("instructblip", "blip-2"):
+        fields = {**overrides, "base_checkpoint": str(path)}
+        config = config_from_transformers(config_dict, fields)
+        model = _load_with_transformers(cls, path, config, EXPECTED_MISSING_FROM_TRANSFORMERS, **hf_kwargs)
+    elif kind == "rablip-full":
+        config = RABlipConfig.from_pretrained(str(path), **{**overrides, "base_checkpoint": str(path)})
+        model = _load_with_transformers(cls, path, config, (), **hf_kwargs)
+    else:
+        model = _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, _depth)
+    apply_trainable_modules(model)  # loading replaces the parameters created in __init__
+    logger.info("loaded %s checkpoint %s", kind, path)
+    return model
+
+
+def _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, depth):
+    base = overrides.pop("base_checkpoint", None) or config_dict.get("base_checkpoint")
+    if not base:
+        raise CheckpointError(f"{path / 'config.json'}: a trainable-only checkpoint needs base_checkpoint")
+    base_path = Path(base).expanduser()
+    if not base_path.is_absolute():
+        base_path = (path / base_path).resolve()
+    if not base_path.is_dir():
+        raise CheckpointError(
+            f"{path / 'config.json'}: base_checkpoint {base_path} does not exist; pass base_checkpoint=... "
+            "(model.base_checkpoint) to point at the moved base dir"
+        )
+    rablip_fields = {key: config_dict[key] for key in RABLIP_FIELDS if key in config_dict and key != "base_checkpoint"}
+    rablip_fields.update(overrides)
+    model = load_pretrained(cls, base_path, _depth=depth + 1, **hf_kwargs, **rablip_fields)
+    load_trainable_weights(model, path / TRAINABLE_WEIGHTS_FILE)
+    model.config.base_checkpoint = str(base_path)
+    return model
+
+
+def load_trainable_weights(model: torch.nn.Module, weights_file: Path) -> None:
+    """Overlay a trainable-only weights file strictly: it must hold exactly its module groups' keys."""
+    with safe_open(str(weights_file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    groups = json.loads(metadata.get("rablip_module_groups", "null") or "null")
+    if groups is None:
+        raise CheckpointError(f"{weights_file}: no 'rablip_module_groups' metadata; not written by rablip")
+    model_state = model.state_dict()
+    unexpected = [key for key in state if key not in model_state]
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(model_state[key].shape)}"
+        for key in state if key in model_state and state[key].shape != model_state[key].shape
+    ]
+    missing = [key for key in model_state if group_of(key) in groups and key not in state]
+    check_loading_info(weights_file, missing, unexpected, mismatched)
+    with torch.no_grad():
+        for key, tensor in state.items():
+            target = model_state[key]
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+
+def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False, **hf_kwargs: Any) -> Path:
+    """Write ``config.json`` and safetensors weights: the full model, or only its trainable module groups.
+
+    A trainable-only dir records ``base_checkpoint`` (the dir the frozen weights come from) and
+    the module groups it holds; loading it loads the base first, then overlays these weights.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config: RABlipConfig = model.config
+    if not trainable_only:
+        base = config.base_checkpoint
+        config.base_checkpoint = None
+        try:
+            model._transformers_save_pretrained(str(out_dir), **hf_kwargs)
+        finally:
+            config.base_checkpoint = base
+        stale = out_dir / TRAINABLE_WEIGHTS_FILE
+        if stale.exists():
+            stale.unlink()
+        return out_dir
+    if not config.base_checkpoint:
+        raise CheckpointError(
+            "save_pretrained(trainable_only=True) needs config.base_checkpoint (the dir holding the frozen "
+            "weights); load the model with from_pretrained or save the full model instead"
+        )
+    groups = list(config.trainable_modules)
+    state = {
+        key: tensor.detach().to("cpu").contiguous()
+        for key, tensor in model.state_dict().items()
+        if group_of(key) in groups
+    }
+    metadata = {"format": "pt", "rablip_module_groups": json.dumps(groups)}
+    tmp_file = out_dir / (TRAINABLE_WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp_file), metadata=metadata)
+    tmp_file.replace(out_dir / TRAINABLE_WEIGHTS_FILE)
+    for name in FULL_WEIGHTS_FILES:
+        if (out_dir / name).exists():
+            (out_dir / name).unlink()
+    config.save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,39 @@
+"""Convert a LAVIS-format InstructBLIP / BLIP-2 / RA-BLIP checkpoint (.pth) into rablip's layout.
+
+    python scripts/convert_lavis.py --input X.pth --output DIR [--base HF_DIR]
+
+With ``--base`` (a transformers InstructBLIP / BLIP-2 dir holding the frozen weights) DIR becomes a
+checkpoint that ``RABlipForConditionalGeneration.from_pretrained(DIR)`` loads; without it DIR gets
+the renamed weights only. DIR always gets conversion_report.json (mapped / dropped / filled keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rablip.errors import EXIT_USER_ERROR, RablipError
+from rablip.models.convert import convert_lavis_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, convert, print a summary; return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="LAVIS .pth checkpoint (read with weights_only=True)")
+    parser.add_argument("--output", required=True, help="output dir")
+    parser.add_argument("--base", default=None, help="transformers InstructBLIP / BLIP-2 dir with the frozen weights")
+    args = parser.parse_args(argv)
+    try:
+        report = convert_lavis_checkpoint(args.input, args.output, base=args.base)
+    except RablipError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(
+        f"converted {args.input} -> {args.output}: {len(report.mapped)} mapped, {len(report.dropped)} dropped "
+        f"by rule, {len(report.filled_from_base)} filled from base (see conversion_report.json)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
