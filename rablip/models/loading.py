@@ -6,8 +6,9 @@ Three kinds of checkpoint dir load through :func:`load_pretrained`:
   the Salesforce checkpoints are laid out (config.json + safetensors, possibly sharded);
 - a full rablip dir (``model_type: rablip`` + ``model.safetensors``), written by
   ``save_pretrained(trainable_only=False)``;
-- a trainable-only rablip dir (``model_type: rablip`` + ``rablip_weights.safetensors``), holding
-  only the modules that train plus ``base_checkpoint``: the dir with the remaining weights.
+- a trainable-only rablip dir (``model_type: rablip`` with ``base_checkpoint`` set in its config,
+  and ``model.safetensors``), holding only the modules that train; ``base_checkpoint`` is the dir
+  with the remaining weights.
 
 Every missing or unexpected weight is an error listing the keys, except the declared
 expected-missing ones (RA-BLIP's new slot tables when starting from InstructBLIP / BLIP-2).
@@ -33,7 +34,7 @@ from rablip.models.freezing import apply_trainable_modules, group_of
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE_WEIGHTS_FILE = "rablip_weights.safetensors"
+TRAINABLE_WEIGHTS_FILE = "model.safetensors"
 FULL_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 #: Weights a transformers InstructBLIP / BLIP-2 checkpoint cannot have; they start at zero.
 EXPECTED_MISSING_FROM_TRANSFORMERS = ("slot_type_embeds", "slot_position_embeds")
@@ -69,13 +70,13 @@ def checkpoint_kind(path: str | Path) -> str:
     if model_type in ("instructblip", "blip-2"):
         kind = model_type
     elif model_type == "rablip":
-        kind = "rablip-trainable" if (path / TRAINABLE_WEIGHTS_FILE).is_file() else "rablip-full"
+        kind = "rablip-trainable" if read_config_dict(path).get("base_checkpoint") else "rablip-full"
     else:
         raise CheckpointError(
             f"{path / 'config.json'}: model_type {model_type!r} is not supported; expected 'instructblip', "
             "'blip-2' or 'rablip' (convert LAVIS .pth files with scripts/convert_lavis.py)"
         )
-    if kind != "rablip-trainable" and not any((path / name).is_file() for name in FULL_WEIGHTS_FILES):
+    if not any((path / name).is_file() for name in FULL_WEIGHTS_FILES):
         raise CheckpointError(
             f"{path}: no safetensors weights ({' or '.join(FULL_WEIGHTS_FILES)}); pickled .bin weights are not read"
         )
@@ -236,9 +237,6 @@ def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False,
             model._transformers_save_pretrained(str(out_dir), **hf_kwargs)
         finally:
             config.base_checkpoint = base
-        stale = out_dir / TRAINABLE_WEIGHTS_FILE
-        if stale.exists():
-            stale.unlink()
         return out_dir
     if not config.base_checkpoint:
         raise CheckpointError(
@@ -256,7 +254,7 @@ def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False,
     save_file(state, str(tmp_file), metadata=metadata)
     tmp_file.replace(out_dir / TRAINABLE_WEIGHTS_FILE)
     for name in FULL_WEIGHTS_FILES:
-        if (out_dir / name).exists():
+        if name != TRAINABLE_WEIGHTS_FILE and (out_dir / name).exists():
             (out_dir / name).unlink()
     config.save_pretrained(str(out_dir))
     return out_dir

@@ -37,6 +37,8 @@ STATE_FILE = "trainer_state.json"
 class TrainerState:
     step: int = 0
     """Optimizer steps done."""
+    micro_steps: int = 0
+    """Micro-batches drawn so far (the data position; skipped steps draw too)."""
     samples_seen: int = 0
     best_metric: float | None = None
     best_step: int | None = None
