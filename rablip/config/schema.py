@@ -322,6 +322,8 @@ class TrainConfig:
     best_metric: str = ""
     """Metric that selects the best checkpoint (empty: keep none as best)."""
     best_mode: str = "max"
+    deterministic: bool = True
+    """Deterministic kernels, so a resumed run ends bit-identical to an uninterrupted one (slightly slower)."""
     skip_nonfinite: bool = False
     """Skip steps with a NaN/inf loss (counted) instead of stopping."""
     feature_cache: bool = False

@@ -381,6 +381,11 @@ class KBStore:
             items.append(_item_from_record(record))
         return items
 
+    def ids_at(self, rows: Sequence[int]) -> list[str]:
+        """The ids stored in ``rows`` (row numbers in ``[0, len(store))``), in that order."""
+        rows = [int(r) for r in rows]
+        return list(self._dataset.select_columns(["id"])[rows]["id"]) if rows else []
+
     def ids(self, batch_size: int = _ID_BATCH_ROWS) -> Iterator[str]:
         """Every item id in row order, read ``batch_size`` rows at a time."""
         for batch in self._dataset.select_columns(["id"]).iter(batch_size=batch_size):

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from rablip.models.freezing import group_of
-from rablip.models.loading import TRAINABLE_WEIGHTS_FILE, CheckpointError
+from rablip.models.loading import TRAINABLE_WEIGHTS_FILE, CheckpointError, trainable_metadata
 
 REPORT_FILE = "conversion_report.json"
 CONVERTED_WEIGHTS_FILE = "lavis_converted.safetensors"
@@ -220,8 +220,7 @@ def convert_lavis_checkpoint(input_path: str | Path, output_dir: str | Path, bas
             else:
                 overlay[key] = tensor.detach().clone().contiguous()
                 report.filled_from_base.append(key)
-        metadata = {"format": "pt", "rablip_module_groups": json.dumps(groups)}
-        save_file(overlay, str(output_dir / TRAINABLE_WEIGHTS_FILE), metadata=metadata)
+        save_file(overlay, str(output_dir / TRAINABLE_WEIGHTS_FILE), metadata=trainable_metadata(groups))
         model.config.save_pretrained(str(output_dir))
     (output_dir / REPORT_FILE).write_text(report.to_json(), encoding="utf-8")
     return report

@@ -204,21 +204,32 @@ def load_trainable_weights(model: torch.nn.Module, weights_file: Path) -> None:
     with safe_open(str(weights_file), framework="pt") as handle:
         metadata = handle.metadata() or {}
         state = {key: handle.get_tensor(key) for key in handle.keys()}
-    groups = json.loads(metadata.get("rablip_module_groups", "null") or "null")
-    if groups is None:
-        raise CheckpointError(f"{weights_file}: no 'rablip_module_groups' metadata; not written by rablip")
+    info = json.loads(metadata.get("rablip", "null") or "null")
+    if not isinstance(info, dict) or "module_groups" not in info:
+        raise CheckpointError(f"{weights_file}: no 'rablip' metadata naming its module groups; not written by rablip")
+    groups = info["module_groups"]
     model_state = model.state_dict()
     unexpected = [key for key in state if key not in model_state]
     mismatched = [
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(model_state[key].shape)}"
         for key in state if key in model_state and state[key].shape != model_state[key].shape
     ]
-    missing = [key for key in model_state if group_of(key) in groups and key not in state]
+    tied = info.get("tied", {})
+    missing = [key for key in model_state if group_of(key) in groups and key not in state and key not in tied]
     check_loading_info(weights_file, missing, unexpected, mismatched)
     with torch.no_grad():
         for key, tensor in state.items():
             target = model_state[key]
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+
+def trainable_metadata(groups: list[str], tied: dict[str, str] | None = None) -> dict[str, str]:
+    """safetensors metadata of a trainable-only weights file: its module groups and tied keys.
+
+    One metadata key, because safetensors does not keep the order of several and a run resumed
+    from a checkpoint must write a byte-identical file.
+    """
+    return {"rablip": json.dumps({"module_groups": list(groups), "tied": tied or {}}, sort_keys=True)}
 
 
 def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False, **hf_kwargs: Any) -> Path:
@@ -244,12 +255,19 @@ def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False,
             "weights); load the model with from_pretrained or save the full model instead"
         )
     groups = list(config.trainable_modules)
-    state = {
-        key: tensor.detach().to("cpu").contiguous()
-        for key, tensor in model.state_dict().items()
-        if group_of(key) in groups
-    }
-    metadata = {"format": "pt", "rablip_module_groups": json.dumps(groups)}
+    state: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}  # key -> the saved key it shares memory with (tied embeddings)
+    storage_of: dict[tuple, str] = {}
+    for key, tensor in model.state_dict().items():
+        if group_of(key) not in groups:
+            continue
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if identity in storage_of:
+            tied[key] = storage_of[identity]
+            continue
+        storage_of[identity] = key
+        state[key] = tensor.detach().to("cpu").contiguous()
+    metadata = trainable_metadata(groups, tied)
     tmp_file = out_dir / (TRAINABLE_WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp_file), metadata=metadata)
     tmp_file.replace(out_dir / TRAINABLE_WEIGHTS_FILE)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from rablip.errors import RablipError
 from rablip.models import RABlipForConditionalGeneration
-from rablip.models.loading import TRAINABLE_WEIGHTS_FILE, CheckpointError, checkpoint_kind
+from rablip.models.loading import TRAINABLE_WEIGHTS_FILE, CheckpointError, checkpoint_kind, trainable_metadata
 
 from .conftest import make_batch
 
@@ -111,7 +111,7 @@ def test_trainable_only_round_trip(tiny_t5_dir, tmp_path):
     # a trainable-only file missing part of its groups is an error
     saved.pop("query_tokens")
     save_file(saved, str(tmp_path / "trainable" / TRAINABLE_WEIGHTS_FILE),
-              metadata={"format": "pt", "rablip_module_groups": json.dumps(model.config.trainable_modules)})
+              metadata=trainable_metadata(model.config.trainable_modules))
     with pytest.raises(CheckpointError, match="query_tokens"):
         RABlipForConditionalGeneration.from_pretrained(tmp_path / "trainable")
 

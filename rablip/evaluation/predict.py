@@ -1,0 +1,33 @@
+"""Answer samples with a generator: batched generation and multiple-choice likelihood ranking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rablip.data.collate import Collator, Sample
+
+GENERATE_INPUTS = ("pixel_values", "image_slot_mask", "qformer_input_ids", "qformer_attention_mask",
+                   "input_ids", "attention_mask")
+
+
+@torch.no_grad()
+def generate_answers(model: torch.nn.Module, collator: Collator, samples: Sequence[Sample], *, batch_size: int,
+                     num_beams: int = 1, max_new_tokens: int = 10, repetition_penalty: float = 1.0,
+                     length_penalty: float = 1.0) -> list[str]:
+    """Generated answer text per sample, in order."""
+    generate = collator.with_mode("generate")
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    for start in range(0, len(samples), batch_size):
+        batch = generate(list(samples[start:start + batch_size]))
+        inputs = {k: batch[k].to(device) for k in GENERATE_INPUTS if k in batch}
+        kwargs = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False}
+        if num_beams > 1:
+            kwargs["length_penalty"] = length_penalty
+        if repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = repetition_penalty
+        tokens = model.generate(**inputs, **kwargs)
+        answers.extend(text.strip() for text in collator.llm_tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    return answers

@@ -1,0 +1,204 @@
+"""Fine-tuning stage: train the generator with retrieved references (``run_finetune.py``).
+
+References come from ``retrieval.source``: the dataset's gold relevance labels, a static retrieval
+file, a live index (its results cached as a static file in the run dir), or none. With
+``askg.enabled`` they are mixed with irrelevant items and every example also yields an ASKG
+relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rablip.config.schema import Config
+from rablip.data.collate import Collator, Sample, make_qa_sample, make_selection_sample
+from rablip.data.images import ImageLoader
+from rablip.data.kb import KBStore
+from rablip.data.prepare import prepare_data
+from rablip.data.records import QAExample
+from rablip.data.splits import load_split
+from rablip.errors import ConfigError
+from rablip.evaluation.predict import generate_answers
+from rablip.evaluation.vqa_metric import vqa_accuracy
+from rablip.models.factory import build_collator, load_generator
+from rablip.retrieval.static import read_retrieval
+from rablip.training.askg import ReferencePlan, plan_references
+from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
+from rablip.utils.logging import get_logger
+from rablip.utils.rundir import prepare_run_dir
+from rablip.utils.seed import seed_everything
+
+log = get_logger("rablip.finetune")
+SIGNAL_EXIT = {15: 143, 2: 130}
+
+
+class RandomKBItems:
+    """Random KB items for negatives and noise snippets, never of the target's entity (title)."""
+
+    def __init__(self, kb: KBStore) -> None:
+        self.kb = kb
+
+    def __call__(self, rng: np.random.Generator, n: int, exclude: set[str], exclude_titles: set[str]) -> list[str]:
+        picked: list[str] = []
+        for _ in range(20):
+            if len(picked) >= n:
+                break
+            rows = rng.integers(len(self.kb), size=2 * n + 4)
+            for item in self.kb.get_many(self.kb.ids_at(rows)):
+                if item.id not in exclude and item.id not in picked and item.title not in exclude_titles:
+                    picked.append(item.id)
+                    if len(picked) == n:
+                        break
+        return picked
+
+
+class ReferenceSource:
+    """The candidate references of each example for ``retrieval.source``."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.source = cfg.retrieval.source
+        self.retrieved: dict[str, list[str]] = {}
+        if self.source == "static":
+            if not cfg.retrieval.static_file:
+                raise ConfigError("retrieval.source=static needs retrieval.static_file (a retrieval results file).")
+            self.retrieved = {q: [i for i, _ in items] for q, items in read_retrieval(cfg.retrieval.static_file).items()}
+        elif self.source == "index":
+            from rablip.retrieval.cache import retrieve_split_cached
+
+            results = retrieve_split_cached(cfg, "train", run_dir)
+            self.retrieved = {q: [i for i, _ in items] for q, items in results.items()}
+
+    def ranked(self, example: QAExample) -> list[str] | None:
+        if self.source in ("static", "index"):
+            if example.id not in self.retrieved:
+                raise ConfigError(f"question {example.id} has no retrieval results; rebuild the retrieval file.")
+            return self.retrieved[example.id]
+        return None
+
+
+class FinetuneDataset(Dataset):
+    """Indexed by ``(example index, epoch)``: the QA sample and, with ASKG, the selection sample."""
+
+    def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource) -> None:
+        self.cfg = cfg
+        self.examples = examples
+        self.kb = kb
+        self.references = references
+        self.random_items = RandomKBItems(kb)
+        self.question_images = ImageLoader(None, cfg.data.on_bad_image)
+        self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def plan(self, example: QAExample, rng: np.random.Generator) -> ReferencePlan:
+        cfg = self.cfg
+        if cfg.retrieval.source == "none" or cfg.retrieval.k == 0:
+            return ReferencePlan(ids=[], relevant=[])
+        gold = list(example.relevant_ids or [])
+        ranked = self.references.ranked(example)
+        relevant = gold if cfg.retrieval.source == "gold" else (ranked or [])[:cfg.retrieval.k]
+        if cfg.askg.enabled and gold:
+            relevant = gold
+        titles = {item.title for item in self.kb.get_many(gold)} if gold else set()
+
+        def random_items(r: np.random.Generator, n: int, exclude: set[str]) -> list[str]:
+            return self.random_items(r, n, exclude | set(gold), titles)
+
+        return plan_references(relevant, cfg.retrieval.k, rng, random_items=random_items, askg=cfg.askg.enabled,
+                               noise_ratio=cfg.askg.noise_ratio, negatives=cfg.askg.negatives, ranked=ranked,
+                               dataset_negatives=example.extra.get("negative_ids"),
+                               random_snippets=cfg.noise.random_snippets)
+
+    def __getitem__(self, key: tuple[int, int]) -> list[Sample]:
+        index, epoch = key
+        example = self.examples[index]
+        rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
+        plan = self.plan(example, rng)
+        load_q, load_item = self.question_images.load, self.item_images.load
+        samples = [make_qa_sample(example, self.kb.get_many(plan.ids), load_q, load_item_image=load_item)]
+        if plan.selection_ids:
+            samples.append(make_selection_sample(example, self.kb.get_many(plan.selection_ids), plan.selection_target,
+                                                 self.cfg.askg.weight, load_q, load_item_image=load_item))
+        return samples
+
+
+def max_references(cfg: Config) -> int:
+    return 0 if cfg.retrieval.source == "none" else cfg.retrieval.k + cfg.noise.random_snippets
+
+
+def flatten_collate(collator: Collator):
+    def collate(groups: list[list[Sample]]) -> dict[str, torch.Tensor]:
+        return collator([sample for group in groups for sample in group])
+    return collate
+
+
+def sequence_match(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Per sample: every labelled token is the argmax of its logits (teacher forcing)."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    right = (logits.argmax(-1) == labels) | ~mask
+    return right.all(dim=1) & mask.any(dim=1)
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted answer + ASKG loss, with the two parts and the selection accuracy to log."""
+    out = model(**batch)
+    logs: dict[str, float] = {}
+    if out.qa_loss is not None:
+        logs["qa_loss"] = float(out.qa_loss)
+    if out.askg_loss is not None:
+        logs["askg_loss"] = float(out.askg_loss)
+        selection = batch["sample_kind"] == 1
+        shift = bool(getattr(model, "module", model).is_decoder_only)
+        right = sequence_match(out.logits.detach(), batch["labels"], shift)[selection]
+        logs["selection_acc"] = float(right.float().mean())
+    return out.loss, logs
+
+
+def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references: ReferenceSource, limit: int = 256):
+    """VQA accuracy of generated answers on the first ``limit`` val examples (gold references)."""
+    examples = load_split(cfg.data, "val")[:limit]
+    dataset = FinetuneDataset(cfg, examples, kb, references)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        samples = [dataset[(i, 0)][0] for i in range(len(examples))]
+        answers = generate_answers(model, collator, samples, batch_size=cfg.eval.batch_size,
+                                   num_beams=1, max_new_tokens=cfg.eval.max_new_tokens)
+        return {"vqa_acc": 100.0 * float(np.mean([vqa_accuracy(a, ex.answers) for a, ex in zip(answers, examples)]))}
+    return evaluate
+
+
+def finetune(cfg: Config) -> int:
+    accelerator = make_accelerator(cfg)
+    run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
+    with accelerator.main_process_first():
+        prepare_data(cfg)
+        model = load_generator(cfg)
+    seed_everything(cfg.run.seed, accelerator.process_index)
+    collator = build_collator(cfg, model, max_references(cfg))
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
+    references = ReferenceSource(cfg, run_dir)
+    dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, references)
+    evaluate = None
+    if cfg.train.eval_every and cfg.data.val.path:
+        val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir)
+        evaluate = make_val_evaluator(cfg, collator, kb, val_references)
+
+    def save_final(m: torch.nn.Module, out: Path) -> None:
+        m.save_pretrained(str(out), trainable_only=True)
+
+    task = TrainTask(model=model, dataset=dataset, collate=flatten_collate(collator), loss=answer_loss,
+                     save_final=save_final, evaluate=evaluate)
+    try:
+        state = train(cfg, task, accelerator, run_dir)
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        return SIGNAL_EXIT.get(stop.signum, 1)
+    log.info("fine-tuning done: %d steps, final model in %s", state.step, run_dir / "final")
+    return 0

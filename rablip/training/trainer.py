@@ -1,0 +1,314 @@
+"""The one training loop of every stage (pre-training and fine-tuning).
+
+A stage builds a :class:`TrainTask` (model, dataset, collate, loss, optional evaluation and final
+save) and calls :func:`train`. The loop: deterministic data order by step, gradient accumulation,
+clipping, AdamW with warm-up + cosine, periodic evaluation with best-checkpoint selection, atomic
+checkpoints every ``train.save_every`` steps and on SIGTERM/SIGINT, metrics to the console,
+``metrics.jsonl`` and (optionally) wandb. accelerate handles devices, bf16 on GPU and DDP/FSDP/
+DeepSpeed; on CPU everything is fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from rablip.config.load import to_dict
+from rablip.config.schema import Config
+from rablip.errors import RablipError
+from rablip.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from rablip.training.optim import build_optimizer, set_lr
+from rablip.training.order import StepOrderSampler
+from rablip.utils.logging import get_logger
+
+log = get_logger("rablip.train")
+
+LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainTask:
+    """What a stage hands to the trainer."""
+
+    model: torch.nn.Module
+    dataset: Dataset
+    """Indexed by ``(example index, epoch)`` pairs (see :class:`StepOrderSampler`)."""
+    collate: Callable[[list[Any]], dict[str, Any]]
+    loss: LossFn
+    """``(model, batch) -> (loss, numbers to log)``."""
+    save_final: Callable[[torch.nn.Module, Path], None]
+    """Writes the final model into a directory (``model.safetensors`` + JSON)."""
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    """Runs on every process; returns the metrics (the main process's are used)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by signal {signum}; checkpoint saved at {checkpoint}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """accelerate for devices and mixed precision: bf16 on GPU with ``auto``, fp32 on CPU.
+
+    With ``train.deterministic`` kernels are deterministic (some CPU backward kernels accumulate in
+    thread order otherwise, and a resumed run would drift from the uninterrupted one).
+    """
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of torch's generator for one optimizer step of one process (dropout etc.), so a resumed
+    run draws exactly what the uninterrupted one drew without restoring generator states."""
+    return (seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1)
+
+
+def check_free_space(run_dir: Path, model: torch.nn.Module) -> None:
+    """Refuse to start when a checkpoint (weights + two AdamW moments) would not fit twice on disk."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    needed = 2 * 3 * trainable + 16 * 2**20
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise RablipError(f"not enough disk space in {run_dir}: {free / 2**20:.0f} MiB free, checkpoints need "
+                          f"about {needed / 2**20:.0f} MiB. Free space or choose another run.output_dir.")
+
+
+class _StopFlag:
+    """Remembers SIGTERM/SIGINT so the loop can save and leave between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class MetricsLog:
+    """Appends one JSON line per record to ``metrics.jsonl`` and mirrors it to wandb when enabled."""
+
+    def __init__(self, cfg: Config, run_dir: Path, enabled: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.wandb = None
+        if enabled and cfg.log.wandb:
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.log.wandb_project, mode=cfg.log.wandb_mode, dir=str(run_dir),
+                                    name=cfg.run.name or run_dir.name, config=to_dict(cfg), resume="allow")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=accelerator.device)
+    return bool(accelerator.gather(flag).min().item() == 1.0)
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path) -> TrainerState:
+    """Train until ``train.max_steps``; returns the final trainer state.
+
+    Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGTERM/SIGINT arrives, and
+    :class:`RablipError` on a non-finite loss (unless ``train.skip_nonfinite``).
+    """
+    tc = cfg.train
+    main = accelerator.is_main_process
+    model = task.model
+    if main:
+        check_free_space(run_dir, model)
+    optimizer = build_optimizer(model, tc)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    state = TrainerState()
+    resume_from = latest_checkpoint(run_dir) if cfg.run.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, unwrapped, optimizer)
+        log.info("resumed from %s (step %d)", resume_from, state.step)
+    elif cfg.run.resume:
+        log.info("run.resume=true but %s holds no checkpoint: starting from step 0", run_dir)
+
+    sampler = StepOrderSampler(len(task.dataset), tc.batch_size, world_size=accelerator.num_processes,
+                               rank=accelerator.process_index, seed=cfg.run.seed, start=state.micro_steps)
+    loader = DataLoader(task.dataset, batch_sampler=sampler, collate_fn=task.collate,
+                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+    batches = iter(loader)
+    metrics = MetricsLog(cfg, run_dir, main)
+    global_batch = tc.batch_size * accelerator.num_processes * tc.grad_accum
+    progress = tqdm(total=tc.max_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+
+    with _StopFlag() as stop:
+        while state.step < tc.max_steps:
+            lr = set_lr(optimizer, tc, state.step)
+            torch.manual_seed(step_seed(cfg.run.seed, accelerator.process_index, state.step))
+            model.train()
+            step_logs: dict[str, float] = {}
+            finite = True
+            for micro in range(tc.grad_accum):
+                batch = _to_device(next(batches), accelerator.device)
+                state.micro_steps += 1
+                sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    loss, parts = task.loss(model, batch)
+                    finite = finite and _all_finite(accelerator, loss)
+                    if finite:
+                        accelerator.backward(loss / tc.grad_accum)
+                for key, value in {"loss": float(loss.detach()), **parts}.items():
+                    step_logs[key] = step_logs.get(key, 0.0) + value / tc.grad_accum
+
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                if not tc.skip_nonfinite:
+                    last = latest_checkpoint(run_dir)
+                    raise RablipError(
+                        f"non-finite loss at step {state.step + 1}; training stopped and nothing was saved. "
+                        f"Last good checkpoint: {last or 'none'}. Lower train.lr, check the data, or set "
+                        "train.skip_nonfinite=true to skip such steps.")
+                state.skipped_steps += 1
+                log.warning("non-finite loss at step %d skipped (%d so far)", state.step + 1, state.skipped_steps)
+                continue
+
+            if tc.max_grad_norm > 0:
+                step_logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.samples_seen += global_batch
+            progress.update(1)
+
+            for key, value in step_logs.items():
+                window[key] = window.get(key, 0.0) + value
+            window_steps += 1
+            if state.step % cfg.log.every == 0 or state.step == tc.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": state.step, "lr": lr, "samples_per_sec": window_steps * global_batch / elapsed,
+                          **{k: v / window_steps for k, v in window.items()}}
+                metrics.write(record)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                     sps=f"{record['samples_per_sec']:.1f}")
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+
+            evaluated = False
+            if task.evaluate is not None and tc.eval_every and state.step % tc.eval_every == 0:
+                _evaluate(cfg, task, model, state, metrics, accelerator)
+                evaluated = True
+            if state.step % tc.save_every == 0 or evaluated and state.best_step == state.step:
+                _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
+            if stop.signum is not None:
+                path = _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
+                progress.close()
+                metrics.close()
+                raise TrainingInterrupted(stop.signum, path)
+
+    progress.close()
+    if task.evaluate is not None and (not tc.eval_every or tc.max_steps % tc.eval_every):
+        _evaluate(cfg, task, model, state, metrics, accelerator)
+    _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
+    if main:
+        _save_final(task, unwrapped, run_dir / "final")
+    accelerator.wait_for_everyone()
+    metrics.close()
+    return state
+
+
+def _evaluate(cfg: Config, task: TrainTask, model: torch.nn.Module, state: TrainerState, metrics: MetricsLog,
+              accelerator: Accelerator) -> None:
+    model.eval()
+    with torch.no_grad():
+        results = task.evaluate(accelerator.unwrap_model(model))
+    model.train()
+    record = {"step": state.step, **{f"eval/{k}": v for k, v in results.items()}}
+    metrics.write(record)
+    state.history.append(record)
+    name = cfg.train.best_metric
+    if name and name in results and math.isfinite(results[name]):
+        if _is_better(results[name], state.best_metric, cfg.train.best_mode):
+            state.best_metric, state.best_step = float(results[name]), state.step
+    log.info("eval at step %d: %s", state.step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+
+
+def _assert_finite_weights(model: torch.nn.Module, step: int) -> None:
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise RablipError(f"parameter {name} is not finite at step {step}; nothing was saved. "
+                              "Lower train.lr or check the data.")
+
+
+def _save(accelerator: Accelerator, run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+          state: TrainerState, keep_last: int) -> Path:
+    path = run_dir / "checkpoints"
+    if accelerator.is_main_process:
+        _assert_finite_weights(model, state.step)
+        path = save_checkpoint(run_dir, model, optimizer, state, keep_last)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _save_final(task: TrainTask, model: torch.nn.Module, final_dir: Path) -> None:
+    """Write the final model into a temporary sibling, then rename it into place."""
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        task.save_final(model, tmp)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        tmp.rename(final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
