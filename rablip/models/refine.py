@@ -61,7 +61,9 @@ def refine_slot_patches(
 
     question_scores = torch.einsum("bpd,bd->bp", unit_patches[:, 0], unit_text)
     kept_question = _top_patches(question_scores, m)  # (B, m)
-    kept_unit = torch.gather(unit_patches[:, 0], 1, kept_question[..., None].expand(-1, -1, unit_patches.shape[-1]))
+    kept_unit = torch.gather(
+        unit_patches[:, 0], 1, kept_question[..., None].expand(-1, -1, unit_patches.shape[-1])
+    )
     # sum_k cos(p, q_k) = p . sum_k q_k for unit vectors; without a question image use the text.
     anchor = torch.where(slot_mask[:, :1], kept_unit.sum(dim=1), unit_text)  # (B, D)
     retrieved_scores = torch.einsum("bspd,bd->bsp", unit_patches[:, 1:], anchor)
