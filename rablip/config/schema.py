@@ -95,6 +95,8 @@ class FusionConfig:
     dim: int = 256
     """Width of the L2-normalised retrieval embedding."""
     heads: int = 4
+    vl_expert_layers: int = 1
+    """Top fusion layers in which image+text inputs use the vision-language expert."""
     checkpoint: str = ""
     """Directory of a pre-trained fusion encoder (run_pretrain's output); empty = untrained."""
 

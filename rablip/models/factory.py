@@ -134,3 +134,28 @@ def build_collator(cfg: Config, model: RABlipForConditionalGeneration, max_refer
         is_encoder_decoder=not model.is_decoder_only, max_references=max_references,
         max_input_length=cfg.data.max_input_length, max_target_length=cfg.data.max_target_length,
         qformer_max_length=cfg.data.qformer_max_length, mode=mode)
+
+
+def build_retrieval_encoder(cfg: Config, generator: RABlipForConditionalGeneration | None = None):
+    """A fresh retrieval encoder on the generator's vision model, query tokens and Q-Former (shared
+    modules) plus new fusion layers of size ``model.fusion``; the LLM is not kept."""
+    from rablip.models.fusion import FusionConfig, FusionEncoder, MultimodalRetrievalEncoder
+
+    generator = generator or load_generator(cfg)
+    fusion_cfg = FusionConfig(num_layers=cfg.model.fusion.layers, num_heads=cfg.model.fusion.heads,
+                              embed_dim=cfg.model.fusion.dim, vl_expert_layers=cfg.model.fusion.vl_expert_layers)
+    fusion = FusionEncoder(fusion_cfg, generator.config.qformer_config.hidden_size)
+    return MultimodalRetrievalEncoder(generator.vision_model, generator.query_tokens, generator.qformer, fusion)
+
+
+def load_retrieval_encoder(cfg: Config, instruct_queries: bool = True):
+    """The pre-trained retrieval encoder of ``model.fusion.checkpoint``."""
+    from rablip.models.fusion import MultimodalRetrievalEncoder
+
+    path = Path(cfg.model.fusion.checkpoint)
+    if not path.is_dir():
+        raise ConfigError(f"model.fusion.checkpoint {path} does not exist: pre-train the fusion encoder first "
+                          "(python run_pretrain.py --config ...) or point the key at its final/ dir.")
+    encoder = MultimodalRetrievalEncoder.from_pretrained(path)
+    encoder.instruct_queries = instruct_queries
+    return encoder

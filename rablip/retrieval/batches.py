@@ -1,0 +1,70 @@
+"""Tensor batches for the retrieval encoder: knowledge items and (image, question) queries.
+
+The layout is what :class:`rablip.models.fusion.MultimodalRetrievalEncoder` reads: ``pixel_values``
+(N,3,H,W), ``image_mask`` (N,) and the Q-Former tokenizer's ``qformer_input_ids`` /
+``qformer_attention_mask`` (N,T) of the item text or the question (an all-zero mask row: no text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BlipImageProcessor
+
+from rablip.data import prompts
+from rablip.data.records import KBItem
+
+
+class RetrievalBatcher:
+    """Tokenizes texts with the Q-Former tokenizer and preprocesses images for the encoder."""
+
+    def __init__(self, qformer_tokenizer, image_processor: BlipImageProcessor, max_length: int = 64) -> None:
+        self.tokenizer = qformer_tokenizer
+        self.image_processor = image_processor
+        self.max_length = max_length
+        size = image_processor.size
+        self.height, self.width = size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge"))
+
+    @classmethod
+    def from_pretrained(cls, qformer_tokenizer_dir: str | Path, image_processor_dir: str | Path,
+                        max_length: int = 64) -> RetrievalBatcher:
+        return cls(AutoTokenizer.from_pretrained(str(qformer_tokenizer_dir)),
+                   BlipImageProcessor.from_pretrained(str(image_processor_dir)), max_length)
+
+    def pixels(self, images: Sequence[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pixel_values`` (N,3,H,W), zeros where the image is None, and the (N,) image mask."""
+        values = torch.zeros(len(images), 3, self.height, self.width)
+        real = [i for i, image in enumerate(images) if image is not None]
+        if real:
+            processed = self.image_processor([images[i] for i in real], return_tensors="pt")["pixel_values"]
+            values[real] = processed
+        mask = torch.zeros(len(images), dtype=torch.bool)
+        mask[real] = True
+        return values, mask
+
+    def texts(self, texts: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask (N,T); a None or empty text gets an all-zero mask row."""
+        encoded = self.tokenizer([t or "" for t in texts], padding="longest", truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+        mask = encoded["attention_mask"].clone()
+        for row, text in enumerate(texts):
+            if not text:
+                mask[row] = 0
+        return encoded["input_ids"], mask
+
+    def items(self, items: Sequence[KBItem], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
+        """An item batch: each item's image (None for text items) and its caption/text with title."""
+        pixel_values, image_mask = self.pixels(images)
+        ids, mask = self.texts([prompts.item_caption(item.title, item.text) for item in items])
+        return {"pixel_values": pixel_values, "image_mask": image_mask,
+                "qformer_input_ids": ids, "qformer_attention_mask": mask}
+
+    def queries(self, images: Sequence[Image.Image | None], questions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """A query batch: the question image and the question (also the Q-Former instruction)."""
+        pixel_values, image_mask = self.pixels(images)
+        ids, mask = self.texts(list(questions))
+        return {"pixel_values": pixel_values, "image_mask": image_mask,
+                "qformer_input_ids": ids, "qformer_attention_mask": mask}

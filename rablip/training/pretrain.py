@@ -1,0 +1,184 @@
+"""Pre-training stage: the Q-Former and fusion encoder learn one space for questions and knowledge
+items (``run_pretrain.py``), with image-text contrastive (ITC), matching with hard negatives (ITM)
+and Q-Former caption generation (ITG) losses, each weighted by ``train.{itc,itm,itg}_weight``.
+
+Training pairs (query, item):
+- knowledge-item pairs: the image of an image+text item as the query, the whole item as the target;
+- question pairs: a training question's image and text as the query, one of its relevant items as
+  the target.
+The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rablip.config.schema import Config
+from rablip.data.images import ImageLoader
+from rablip.data.kb import KBStore
+from rablip.data.prepare import prepare_data
+from rablip.data.records import KBItem, QAExample
+from rablip.data.splits import load_split
+from rablip.evaluation.retrieval_metrics import retrieval_scores
+from rablip.models.factory import build_retrieval_encoder, load_generator, processor_dirs
+from rablip.retrieval.batches import RetrievalBatcher
+from rablip.retrieval.embed import embed_item_batches, embed_questions
+from rablip.training.objectives import RetrievalPretrainingLoss
+from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
+from rablip.utils.logging import get_logger
+from rablip.utils.rundir import prepare_run_dir
+from rablip.utils.seed import seed_everything
+
+log = get_logger("rablip.pretrain")
+SIGNAL_EXIT = {15: 143, 2: 130}
+
+
+@dataclass
+class Pair:
+    query_image: object
+    """Question image reference, or None when the query image is the item's own image."""
+    question: str
+    item_ids: list[str]
+    """Candidate targets (one is drawn per epoch)."""
+    record_id: str
+
+
+def item_key(item_id: str) -> int:
+    """A stable 63-bit integer per item id, so equal targets in a batch are not negatives."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def build_pairs(examples: list[QAExample], kb: KBStore) -> list[Pair]:
+    pairs = [Pair(None, "", [item.id], item.id) for batch in kb.iter_batches(4096) for item in batch
+             if item.modality == "image+text"]
+    pairs += [Pair(ex.image, ex.question, list(ex.relevant_ids), ex.id) for ex in examples if ex.relevant_ids]
+    return pairs
+
+
+class PairDataset(Dataset):
+    """Indexed by ``(pair index, epoch)``: the query image, question, target item and its image."""
+
+    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore) -> None:
+        self.cfg, self.pairs, self.kb = cfg, pairs, kb
+        self.question_images = ImageLoader(None, cfg.data.on_bad_image)
+        self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[object, str, KBItem, object]:
+        index, epoch = key
+        pair = self.pairs[index]
+        rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
+        item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
+        item_image = self.item_images.load(item.image, item.id) if item.modality != "text" else None
+        query_image = (self.question_images.load(pair.query_image, pair.record_id) if pair.query_image is not None
+                       else item_image)
+        return query_image, pair.question, item, item_image
+
+
+class PretrainModel(torch.nn.Module):
+    """The retrieval encoder with its loss-side parameters (temperature, Q-Former LM head)."""
+
+    def __init__(self, objective: RetrievalPretrainingLoss) -> None:
+        super().__init__()
+        self.objective = objective
+
+    @property
+    def encoder(self):
+        return self.objective.encoder
+
+    def train(self, mode: bool = True) -> PretrainModel:
+        """Train mode, except a frozen vision tower stays in eval mode (no dropout on frozen features)."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.encoder.vision_model.parameters()):
+            self.encoder.vision_model.eval()
+        return self
+
+    def forward(self, query: dict, item: dict, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.objective(query, item, ids)
+
+
+def make_collate(batcher: RetrievalBatcher):
+    def collate(rows: list[tuple]) -> dict:
+        query_images, questions, items, item_images = zip(*rows)
+        return {"query": batcher.queries(list(query_images), list(questions)),
+                "item": batcher.items(list(items), list(item_images)),
+                "ids": torch.tensor([item_key(item.id) for item in items], dtype=torch.long)}
+    return collate
+
+
+def make_loss(cfg: Config):
+    weights = {"itc": cfg.train.itc_weight, "itm": cfg.train.itm_weight, "itg": cfg.train.itg_weight}
+
+    def loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        device = batch["ids"].device
+        query = {k: v.to(device) for k, v in batch["query"].items()}
+        item = {k: v.to(device) for k, v in batch["item"].items()}
+        parts = model(query, item, batch["ids"])
+        total = sum(weights[name] * value for name, value in parts.items())
+        return total, {name: float(value.detach()) for name, value in parts.items()}
+    return loss
+
+
+def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore, limit: int = 512):
+    """Recall@1/5/10 and MRR of val questions against the whole knowledge base (gold labels)."""
+    examples = [ex for ex in load_split(cfg.data, "val") if ex.relevant_ids][:limit]
+    question_images = ImageLoader(None, cfg.data.on_bad_image)
+    item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        encoder = model.encoder
+        ids, items = embed_item_batches(encoder, batcher, kb.iter_batches(cfg.eval.batch_size), item_images.load)
+        queries = embed_questions(encoder, batcher, examples, question_images.load, cfg.eval.batch_size)
+        order = np.argsort(-(queries @ items.T), axis=1)[:, :10]
+        ranked = [[ids[j] for j in row] for row in order]
+        scores = retrieval_scores(ranked, [set(ex.relevant_ids) for ex in examples])
+        return {k: v for k, v in scores.items() if k != "questions"}
+    return evaluate
+
+
+def pretrain(cfg: Config) -> int:
+    accelerator = make_accelerator(cfg)
+    run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
+    with accelerator.main_process_first():
+        prepare_data(cfg)
+        generator = load_generator(cfg)
+    seed_everything(cfg.run.seed, accelerator.process_index)
+    qformer_dir, _, image_dir = processor_dirs(generator)
+    batcher = RetrievalBatcher.from_pretrained(qformer_dir, image_dir, cfg.data.qformer_max_length)
+    encoder = build_retrieval_encoder(cfg, generator)
+    del generator  # the LLM is not needed here
+    trainable = set(cfg.model.trainable)
+    for name, module in (("vision_model", encoder.vision_model), ("qformer", encoder.qformer)):
+        module.requires_grad_(name in trainable)
+    encoder.query_tokens.requires_grad_("query_tokens" in trainable)
+    encoder.fusion.requires_grad_("fusion" in trainable)
+    encoder.match_head.requires_grad_("fusion" in trainable)
+    if "vision_model" not in trainable:
+        encoder.vision_model.eval()
+    model = PretrainModel(RetrievalPretrainingLoss(encoder, itg_bos_token_id=batcher.tokenizer.cls_token_id))
+
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
+    pairs = build_pairs(load_split(cfg.data, "train"), kb)
+    log.info("pre-training pairs: %d (knowledge items and training questions)", len(pairs))
+    evaluate = make_retrieval_evaluator(cfg, batcher, kb) if cfg.data.val.path else None
+
+    def save_final(m: torch.nn.Module, out: Path) -> None:
+        m.encoder.save_pretrained(out)
+
+    task = TrainTask(model=model, dataset=PairDataset(cfg, pairs, kb), collate=make_collate(batcher),
+                     loss=make_loss(cfg), save_final=save_final, evaluate=evaluate)
+    try:
+        state = train(cfg, task, accelerator, run_dir)
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        return SIGNAL_EXIT.get(stop.signum, 1)
+    log.info("pre-training done: %d steps, retrieval encoder in %s", state.step, run_dir / "final")
+    return 0
