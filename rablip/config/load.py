@@ -34,6 +34,14 @@ class _Loader(yaml.SafeLoader):
     """YAML loader that reads ``1e-4`` as a float (YAML 1.1 needs a dot) and keeps line numbers."""
 
 
+# YAML 1.1 reads yes/no/on/off as booleans, which would turn train.mixed_precision=no into False:
+# only true/false are booleans here.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?

@@ -264,12 +264,24 @@ class RetrievalConfig:
     """two_stage: entity names from the image search added to the question."""
     allow_foreign_index: bool = False
     """Accept an index whose manifest names another encoder or whose checksum differs (not advised)."""
+    embeddings_dir: str = ""
+    """Knowledge-base embedding shards written by scripts/encode_kb.py; empty: <index_dir>/embeddings."""
+    shard_rows: int = 65536
+    """Knowledge-base rows per embedding shard: the unit of work per process and of resuming."""
+    encode_batch_size: int = 0
+    """Items per encoder batch when encoding the knowledge base (0: eval.batch_size)."""
+    instruct_queries: bool = True
+    """False: query images are extracted without the question as Q-Former instruction (uninstructed ablation)."""
 
     def __post_init__(self) -> None:
         _choice("retrieval.source", self.source, ("index", "static", "gold", "none"))
         _choice("retrieval.mode", self.mode, ("ra_blip", "image", "two_stage"))
         _choice("retrieval.index_type", self.index_type, ("flat", "ivfflat", "ivfpq", "hnsw"))
         _positive("retrieval.k", self.k, allow_zero=True)
+        _positive("retrieval.shard_rows", self.shard_rows)
+        _positive("retrieval.encode_batch_size", self.encode_batch_size, allow_zero=True)
+        _positive("retrieval.expansion_entities", self.expansion_entities)
+        _positive("retrieval.rerank_factor", self.rerank_factor)
 
 
 @dataclass

@@ -59,7 +59,7 @@ class RandomKBItems:
 class ReferenceSource:
     """The candidate references of each example for ``retrieval.source``."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, split: str = "train") -> None:
         self.source = cfg.retrieval.source
         self.retrieved: dict[str, list[str]] = {}
         if self.source == "static":
@@ -69,7 +69,7 @@ class ReferenceSource:
         elif self.source == "index":
             from rablip.retrieval.cache import retrieve_split_cached
 
-            results = retrieve_split_cached(cfg, "train", run_dir)
+            results = retrieve_split_cached(cfg, split, run_dir)
             self.retrieved = {q: [i for i, _ in items] for q, items in results.items()}
 
     def ranked(self, example: QAExample) -> list[str] | None:
@@ -187,7 +187,7 @@ def finetune(cfg: Config) -> int:
     dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, references)
     evaluate = None
     if cfg.train.eval_every and cfg.data.val.path:
-        val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir)
+        val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir, "val")
         evaluate = make_val_evaluator(cfg, collator, kb, val_references)
 
     def save_final(m: torch.nn.Module, out: Path) -> None:

@@ -82,6 +82,7 @@ def test_interpolation(tmp_path):
     ("data.kb={format: wit_tsv, path: x.tsv}", lambda c: (c.data.kb.format, c.data.kb.path) == ("wit_tsv", "x.tsv")),
     ("run.name=", lambda c: c.run.name == ""),
     ("eval.lemmatize=false", lambda c: c.eval.lemmatize is False),
+    ("train.mixed_precision=no", lambda c: c.train.mixed_precision == "no"),
 ])
 def test_override_kinds(override, check):
     assert check(load_config(CONFIGS_DIR / "experiment" / "synthetic_finetune.yaml", [override]))

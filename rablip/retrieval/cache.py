@@ -1,0 +1,160 @@
+"""Live retrieval over a whole split, cached in the run directory for training and evaluation.
+
+:func:`retrieve_split` runs the configured :class:`~rablip.retrieval.retriever.Retriever` over every
+question of a split. :func:`retrieve_split_cached` keeps its results in
+``<run_dir>/retrieval_<split>.jsonl`` (the static retrieval format of
+:mod:`rablip.retrieval.static`) with ``retrieval_<split>.meta.json`` beside it, written after the
+results. The meta file holds a key over everything the results depend on: the sha256 of the index
+layout (which holds the sha256 of every group index manifest, and so the encoder fingerprint and
+the index files), the retrieval settings, and the split's questions. A cache whose key differs is
+recomputed, never reused.
+
+The cache keeps the top ``max(2 * retrieval.k, 10)`` items per question, not only ``k``: hard
+negatives (``askg.negatives=hard``) come from below the top k, and recall@10 needs ten.
+
+Under ``accelerate launch`` (torch.distributed initialised) every process retrieves its slice of
+the questions into a part file, the main process joins them, and all processes read the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rablip.config.schema import Config
+from rablip.data.images import ImageLoader
+from rablip.data.records import QAExample
+from rablip.data.splits import load_split
+from rablip.retrieval.components import encoder_fingerprint
+from rablip.retrieval.groups import layout_checksum
+from rablip.retrieval.retriever import Retriever
+from rablip.retrieval.static import Retrieved, read_retrieval, write_retrieval
+from rablip.utils.io import atomic_write_json, read_json
+from rablip.utils.logging import get_logger
+
+log = get_logger("rablip.retrieval")
+MIN_CACHE_DEPTH = 10
+
+
+def cache_depth(cfg: Config) -> int:
+    """Items kept per question: ``max(2 * retrieval.k, 10)``."""
+    return max(2 * cfg.retrieval.k, MIN_CACHE_DEPTH)
+
+
+def retrieve_examples(retriever: Retriever, examples: Sequence[QAExample], k: int, image_loader: ImageLoader,
+                      batch_size: int = 64) -> dict[str, Retrieved]:
+    """Question id -> top-``k`` (item id, score) for ``examples``.
+
+    In ``image`` and ``two_stage`` mode a question whose image is missing or was skipped
+    (``data.on_bad_image=skip``) gets an empty list, and is counted in a warning.
+    """
+    results: dict[str, Retrieved] = {}
+    needs_image = retriever.mode != "ra_blip"
+    imageless = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        images = [image_loader.load(ex.image, ex.id) if ex.image is not None else None for ex in chunk]
+        usable = [i for i, image in enumerate(images) if image is not None or not needs_image]
+        imageless += len(chunk) - len(usable)
+        hits = retriever.retrieve([images[i] for i in usable], [chunk[i].question for i in usable], k)
+        found = dict(zip(usable, hits, strict=True))
+        for position, example in enumerate(chunk):
+            results[example.id] = found.get(position, [])
+    if imageless:
+        log.warning("%d questions have no usable image; %s retrieval gave them no references", imageless,
+                    retriever.mode)
+    return results
+
+
+def retrieve_split(cfg: Config, split: str, retriever: Retriever | None = None,
+                   examples: Sequence[QAExample] | None = None) -> dict[str, Retrieved]:
+    """Retrieve for every question of ``data.<split>`` with the configured retriever."""
+    examples = list(examples) if examples is not None else load_split(cfg.data, split)
+    retriever = retriever or Retriever.from_config(cfg)
+    loader = ImageLoader(None, cfg.data.on_bad_image)
+    return retrieve_examples(retriever, examples, cache_depth(cfg), loader,
+                             batch_size=cfg.retrieval.encode_batch_size or cfg.eval.batch_size)
+
+
+def _examples_digest(examples: Sequence[QAExample]) -> str:
+    digest = hashlib.sha256()
+    for ex in examples:
+        image = ex.image if not isinstance(ex.image, bytes) else hashlib.sha256(ex.image).hexdigest()
+        digest.update(json.dumps([ex.id, ex.question, str(image)]).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def cache_key(cfg: Config, split: str, examples: Sequence[QAExample]) -> str:
+    """sha256 over the index layout checksum, the retrieval settings and the split's questions."""
+    r = cfg.retrieval
+    # Without allow_foreign_index the index refuses any encoder but the one in its layout (hashed here).
+    encoder = encoder_fingerprint(cfg.model.fusion.checkpoint) if r.allow_foreign_index else None
+    settings = {"layout_sha256": layout_checksum(r.index_dir), "foreign_encoder": encoder,
+                "mode": r.mode, "depth": cache_depth(cfg), "rerank_model": r.rerank_model,
+                "rerank_exact": r.rerank_exact, "rerank_factor": r.rerank_factor, "nprobe": r.nprobe,
+                "expansion_entities": r.expansion_entities, "instruct_queries": r.instruct_queries,
+                "split": split, "questions_sha256": _examples_digest(examples)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def cache_paths(run_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """(results jsonl, meta json) of ``split`` in ``run_dir``."""
+    return Path(run_dir) / f"retrieval_{split}.jsonl", Path(run_dir) / f"retrieval_{split}.meta.json"
+
+
+def read_cache(run_dir: str | Path, split: str, key: str) -> dict[str, Retrieved] | None:
+    """The cached results when their meta file carries ``key`` and the counts agree; else None."""
+    results_path, meta_path = cache_paths(run_dir, split)
+    if not (results_path.is_file() and meta_path.is_file()):
+        return None
+    meta = read_json(meta_path, "retrieval cache meta")
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None
+    results = read_retrieval(results_path)
+    return results if len(results) == meta.get("questions") else None
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def retrieve_split_cached(cfg: Config, split: str, run_dir: str | Path) -> dict[str, Retrieved]:
+    """The split's retrieval results from the run-dir cache, computed (and cached) when stale or absent."""
+    examples = load_split(cfg.data, split)
+    key = cache_key(cfg, split, examples)
+    cached = read_cache(run_dir, split, key)
+    if cached is not None:
+        log.info("retrieval results for %s read from %s", split, cache_paths(run_dir, split)[0])
+        return cached
+    rank, world = _distributed()
+    results_path, meta_path = cache_paths(run_dir, split)
+    part = results_path.with_name(f".{results_path.stem}.part-{rank}-of-{world}.jsonl")
+    mine = examples[rank * len(examples) // world:(rank + 1) * len(examples) // world]
+    write_retrieval(part, retrieve_split(cfg, split, examples=mine).items())
+    _barrier()
+    if rank == 0:
+        results: dict[str, Retrieved] = {}
+        for other in range(world):
+            other_part = results_path.with_name(f".{results_path.stem}.part-{other}-of-{world}.jsonl")
+            results.update(read_retrieval(other_part))
+        write_retrieval(results_path, ((ex.id, results[ex.id]) for ex in examples))
+        atomic_write_json(meta_path, {"key": key, "questions": len(examples), "split": split,
+                                      "mode": cfg.retrieval.mode, "depth": cache_depth(cfg)})
+        for other in range(world):
+            results_path.with_name(f".{results_path.stem}.part-{other}-of-{world}.jsonl").unlink(missing_ok=True)
+        log.info("retrieval results for %s (%d questions) cached in %s", split, len(examples), results_path)
+    _barrier()
+    return read_retrieval(results_path)

@@ -1,0 +1,78 @@
+"""Build the per-group FAISS indexes of an encoded knowledge base and the layout file over them.
+
+Each non-empty group's shard directory (``<embeddings_dir>/<group>``) becomes an index directory
+``<index_dir>/<group>`` through :func:`rablip.retrieval.index.build_index`, carrying the encoder
+fingerprint of the shards. A group whose index was already built from the same shards with the same
+request (index type and parameters) is left alone, so re-running an encoding that had finished does
+not change the index (nor invalidate retrieval caches keyed by it). ``retrieval_index.json`` is
+written last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rablip.retrieval.groups import GROUPS, LAYOUT_NAME, write_layout
+from rablip.retrieval.index import build_index
+from rablip.retrieval.index_manifest import MANIFEST_NAME, sha256_of_file
+from rablip.retrieval.shards import MANIFEST_NAME as SHARDS_MANIFEST
+from rablip.utils.io import read_json
+from rablip.utils.logging import get_logger
+
+log = get_logger("rablip.retrieval")
+MIN_ROWS_PER_LIST = 39
+"""faiss k-means wants about 39 training rows per inverted list."""
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    """The index asked for (``retrieval.index_type`` and its parameters)."""
+
+    index_type: str = "flat"
+    nlist: int = 1024
+    pq_m: int = 32
+    nbits: int = 8
+    hnsw_m: int = 32
+    nprobe: int = 16
+    seed: int = 0
+
+
+def _nlist_for(request: IndexRequest, count: int, group: str) -> int:
+    """The requested nlist, lowered for a group too small to train that many lists."""
+    cap = max(1, count // MIN_ROWS_PER_LIST)
+    if request.index_type in ("ivfflat", "ivfpq") and request.nlist > cap:
+        log.warning("the %s group has %d items: nlist lowered from %d to %d", group, count, request.nlist, cap)
+        return cap
+    return request.nlist
+
+
+def _is_current(index_dir: Path, group: str, shards_sha: str, request: IndexRequest, previous: dict | None) -> bool:
+    if previous is None or not (index_dir / group / MANIFEST_NAME).is_file():
+        return False
+    entry = previous.get("groups", {}).get(group) or {}
+    return (previous.get("request") == asdict(request) and entry.get("shards_sha256") == shards_sha
+            and entry.get("manifest_sha256") == sha256_of_file(index_dir / group / MANIFEST_NAME))
+
+
+def build_group_indexes(embeddings_dir: str | Path, index_dir: str | Path, fingerprint: str, counts: dict[str, int],
+                        request: IndexRequest, show_progress: bool = False) -> Path:
+    """Build (or keep) ``<index_dir>/<group>`` for every group with items; write the layout; return its path."""
+    embeddings_dir, index_dir = Path(embeddings_dir), Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    layout_path = index_dir / LAYOUT_NAME
+    previous = read_json(layout_path, "retrieval index layout") if layout_path.is_file() else None
+    shards_sha = {}
+    for group in GROUPS:
+        if not counts.get(group):
+            continue
+        shards_sha[group] = sha256_of_file(embeddings_dir / group / SHARDS_MANIFEST)
+        if _is_current(index_dir, group, shards_sha[group], request, previous):
+            log.info("the %s index in %s is up to date; kept", group, index_dir / group)
+            continue
+        build_index(embeddings_dir / group, index_dir / group, index_type=request.index_type,
+                    nlist=_nlist_for(request, counts[group], group), m=request.pq_m, nbits=request.nbits,
+                    hnsw_m=request.hnsw_m, nprobe=request.nprobe, encoder_fingerprint=fingerprint, seed=request.seed,
+                    overwrite=True, show_progress=show_progress)
+    return write_layout(index_dir, fingerprint, counts, embeddings_dir, request=asdict(request),
+                        shards_sha256=shards_sha)
