@@ -133,6 +133,10 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as exc:  # disk full, quota, permissions: say where, keep the earlier checkpoints
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RablipError(f"cannot write the checkpoint {final}: {exc.strerror or exc}. Earlier checkpoints are "
+                          "intact; free space (or fix the directory), then continue with run.resume=true.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,7 +27,7 @@ from rablip.evaluation.vqa_metric import vqa_accuracy
 from rablip.models.factory import build_collator, load_generator
 from rablip.retrieval.static import read_retrieval
 from rablip.training.askg import ReferencePlan, plan_references
-from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
+from rablip.training.trainer import TrainingInterrupted, TrainTask, end_distributed, make_accelerator, train
 from rablip.utils.logging import get_logger
 from rablip.utils.rundir import prepare_run_dir
 from rablip.utils.seed import seed_everything
@@ -176,8 +176,8 @@ def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references:
 
 def finetune(cfg: Config) -> int:
     accelerator = make_accelerator(cfg)
-    run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-    with accelerator.main_process_first():
+    with accelerator.main_process_first():  # rank 0 writes config.yaml before the others check it
+        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
         prepare_data(cfg)
         model = load_generator(cfg)
     seed_everything(cfg.run.seed, accelerator.process_index)
@@ -200,5 +200,7 @@ def finetune(cfg: Config) -> int:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return SIGNAL_EXIT.get(stop.signum, 1)
+    finally:
+        end_distributed()
     log.info("fine-tuning done: %d steps, final model in %s", state.step, run_dir / "final")
     return 0

@@ -30,7 +30,7 @@ from rablip.models.factory import build_retrieval_encoder, load_generator, proce
 from rablip.retrieval.batches import RetrievalBatcher
 from rablip.retrieval.embed import embed_item_batches, embed_questions
 from rablip.training.objectives import RetrievalPretrainingLoss
-from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
+from rablip.training.trainer import TrainingInterrupted, TrainTask, end_distributed, make_accelerator, train
 from rablip.utils.logging import get_logger
 from rablip.utils.rundir import prepare_run_dir
 from rablip.utils.seed import seed_everything
@@ -146,8 +146,8 @@ def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore
 
 def pretrain(cfg: Config) -> int:
     accelerator = make_accelerator(cfg)
-    run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-    with accelerator.main_process_first():
+    with accelerator.main_process_first():  # rank 0 writes config.yaml before the others check it
+        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
         prepare_data(cfg)
         generator = load_generator(cfg)
     seed_everything(cfg.run.seed, accelerator.process_index)
@@ -180,5 +180,7 @@ def pretrain(cfg: Config) -> int:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return SIGNAL_EXIT.get(stop.signum, 1)
+    finally:
+        end_distributed()
     log.info("pre-training done: %d steps, retrieval encoder in %s", state.step, run_dir / "final")
     return 0

@@ -24,18 +24,28 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rablip.config.load import to_dict
 from rablip.config.schema import Config
 from rablip.errors import RablipError
-from rablip.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from rablip.training.checkpoint import (
+    CHECKPOINTS,
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rablip.training.optim import build_optimizer, set_lr
 from rablip.training.order import StepOrderSampler
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.train")
+
+MAX_CONSECUTIVE_SKIPS = 100
+"""With ``train.skip_nonfinite``, this many non-finite steps in a row stop the run (it would never end)."""
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -80,6 +90,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
 
 
+def end_distributed() -> None:
+    """Close the process group at the end of a stage (a rank may otherwise abort at exit)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """Seed of torch's generator for one optimizer step of one process (dropout etc.), so a resumed
     run draws exactly what the uninterrupted one drew without restoring generator states."""
@@ -87,7 +103,13 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def check_free_space(run_dir: Path, model: torch.nn.Module) -> None:
-    """Refuse to start when a checkpoint (weights + two AdamW moments) would not fit twice on disk."""
+    """Refuse to start when checkpoints cannot be written: their directory cannot be created, or a
+    checkpoint (weights + two AdamW moments) would not fit twice on disk."""
+    try:
+        (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RablipError(f"cannot create the checkpoint directory {run_dir / CHECKPOINTS}: {exc.strerror}. "
+                          "Choose a writable run.output_dir.") from None
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     needed = 2 * 3 * trainable + 16 * 2**20
     free = shutil.disk_usage(run_dir).free
@@ -154,6 +176,26 @@ def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
     return bool(accelerator.gather(flag).min().item() == 1.0)
 
 
+def _any_process(accelerator: Accelerator, value: bool) -> bool:
+    """Whether ``value`` is true on any process, so that every process takes the same branch (a
+    signal may reach the ranks in different steps)."""
+    flag = torch.tensor([float(value)], device=accelerator.device)
+    return bool(accelerator.gather(flag).max().item() == 1.0)
+
+
+def _window_means(accelerator: Accelerator, sums: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """Means of the logged numbers over the steps of the window and over all processes (each rank's
+    loss is that of its slice of the global batch; a key may be missing on some ranks or steps)."""
+    gathered = gather_object([(sums, counts)]) if accelerator.num_processes > 1 else [(sums, counts)]
+    total: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    for rank_sums, rank_counts in gathered:
+        for key, value in rank_sums.items():
+            total[key] = total.get(key, 0.0) + value
+            seen[key] = seen.get(key, 0) + rank_counts[key]
+    return {key: total[key] / seen[key] for key in sorted(total)}
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -190,7 +232,17 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
     global_batch = tc.batch_size * accelerator.num_processes * tc.grad_accum
     progress = tqdm(total=tc.max_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
     window: dict[str, float] = {}
+    window_counts: dict[str, int] = {}
     window_steps, window_start = 0, time.perf_counter()
+    consecutive_skips = 0
+
+    def stop_here(stop: _StopFlag) -> None:
+        """Save and leave when any process got SIGTERM/SIGINT."""
+        if _any_process(accelerator, stop.signum is not None):
+            path = _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
+            progress.close()
+            metrics.close()
+            raise TrainingInterrupted(stop.signum or signal.SIGTERM, path)
 
     with _StopFlag() as stop:
         while state.step < tc.max_steps:
@@ -211,20 +263,34 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
                 for key, value in {"loss": float(loss.detach()), **parts}.items():
                     step_logs[key] = step_logs.get(key, 0.0) + value / tc.grad_accum
 
+            what = "loss"
+            if finite:
+                # A finite loss can still have non-finite gradients, which would make every weight NaN.
+                # The norm is of the synchronised gradients, so every process decides alike.
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf))
+                finite, what = math.isfinite(grad_norm), "gradient"
+                if tc.max_grad_norm > 0:
+                    step_logs["grad_norm"] = grad_norm
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 if not tc.skip_nonfinite:
                     last = latest_checkpoint(run_dir)
                     raise RablipError(
-                        f"non-finite loss at step {state.step + 1}; training stopped and nothing was saved. "
+                        f"non-finite {what} at step {state.step + 1}; training stopped and nothing was saved. "
                         f"Last good checkpoint: {last or 'none'}. Lower train.lr, check the data, or set "
                         "train.skip_nonfinite=true to skip such steps.")
                 state.skipped_steps += 1
-                log.warning("non-finite loss at step %d skipped (%d so far)", state.step + 1, state.skipped_steps)
+                consecutive_skips += 1
+                log.warning("non-finite %s at step %d skipped (%d so far)", what, state.step + 1, state.skipped_steps)
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise RablipError(
+                        f"{consecutive_skips} steps in a row had a non-finite loss or gradient (up to step "
+                        f"{state.step + 1}); training stopped. Last good checkpoint: "
+                        f"{latest_checkpoint(run_dir) or 'none'}. Lower train.lr or check the data.")
+                stop_here(stop)
                 continue
+            consecutive_skips = 0
 
-            if tc.max_grad_norm > 0:
-                step_logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -233,15 +299,16 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
 
             for key, value in step_logs.items():
                 window[key] = window.get(key, 0.0) + value
+                window_counts[key] = window_counts.get(key, 0) + 1
             window_steps += 1
             if state.step % cfg.log.every == 0 or state.step == tc.max_steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": state.step, "lr": lr, "samples_per_sec": window_steps * global_batch / elapsed,
-                          **{k: v / window_steps for k, v in window.items()}}
+                          **_window_means(accelerator, window, window_counts)}
                 metrics.write(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                      sps=f"{record['samples_per_sec']:.1f}")
-                window, window_steps, window_start = {}, 0, time.perf_counter()
+                window, window_counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
 
             evaluated = False
             if task.evaluate is not None and tc.eval_every and state.step % tc.eval_every == 0:
@@ -249,11 +316,7 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
                 evaluated = True
             if state.step % tc.save_every == 0 or evaluated and state.best_step == state.step:
                 _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
-            if stop.signum is not None:
-                path = _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
-                progress.close()
-                metrics.close()
-                raise TrainingInterrupted(stop.signum, path)
+            stop_here(stop)
 
     progress.close()
     if task.evaluate is not None and (not tc.eval_every or tc.max_steps % tc.eval_every):
@@ -272,6 +335,11 @@ def _evaluate(cfg: Config, task: TrainTask, model: torch.nn.Module, state: Train
     with torch.no_grad():
         results = task.evaluate(accelerator.unwrap_model(model))
     model.train()
+    if accelerator.num_processes > 1:
+        # Every process must agree on the best step: it decides which processes save a checkpoint.
+        shared = [results]
+        broadcast_object_list(shared, from_process=0)
+        results = shared[0]
     record = {"step": state.step, **{f"eval/{k}": v for k, v in results.items()}}
     metrics.write(record)
     state.history.append(record)

@@ -1,0 +1,89 @@
+"""The fine-tuning stage's pieces learn, log what they should, and run on two real DDP ranks.
+
+Uses the real FinetuneDataset, collate and answer_loss with the tiny generator of a tiny synthetic
+world (built once for the module)."""
+
+import json
+
+import pytest
+import torch
+
+from rablip.config import load_config
+from rablip.data.kb import KBStore
+from rablip.data.prepare import prepare_data
+from rablip.data.splits import load_split
+from rablip.models.factory import build_collator, load_generator
+from rablip.training.finetune import (
+    FinetuneDataset,
+    ReferenceSource,
+    answer_loss,
+    flatten_collate,
+    max_references,
+)
+from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
+
+
+def world_config(world, run_dir, *extra):
+    return load_config(FINETUNE_CONFIG, finetune_args(world, run_dir, *extra)[2:])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    cfg = world_config(root / "world", root / "unused")
+    prepare_data(cfg)
+    load_generator(cfg)  # builds the tiny checkpoint on first use
+    return root / "world"
+
+
+def test_a_few_steps_on_one_batch_lower_the_loss(world, tmp_path):
+    cfg = world_config(world, tmp_path / "run")
+    torch.manual_seed(0)
+    model = load_generator(cfg)
+    collator = build_collator(cfg, model, max_references(cfg))
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, ReferenceSource(cfg, tmp_path))
+    batch = flatten_collate(collator)([dataset[(i, 0)] for i in range(4)])
+    assert (batch["sample_kind"] == 1).any(), "ASKG is on: the batch holds selection samples"
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            return float(answer_loss(model, batch)[0])
+
+    before = eval_loss()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(12):
+        loss, parts = answer_loss(model, batch)
+        assert torch.isfinite(loss) and {"qa_loss", "askg_loss", "selection_acc"} <= set(parts)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = eval_loss()
+    assert after < 0.85 * before, (before, after)
+
+
+def test_metrics_without_askg_have_no_askg_parts(world, tmp_path):
+    out = tmp_path / "run"
+    result = run(FINETUNE, finetune_args(world, out, "askg.enabled=false", "train.max_steps=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = metrics_lines(out)
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert {"step", "loss", "lr", "samples_per_sec", "qa_loss"} <= set(record)
+        assert "askg_loss" not in record and "selection_acc" not in record
+        assert record["qa_loss"] == pytest.approx(record["loss"], rel=1e-5)
+
+
+def test_finetune_on_two_ddp_ranks(world, tmp_path):
+    # Dropout and per-rank padding make the two-rank run differ numerically from one process with
+    # the same global batch (the toy task checks that equality); here: it runs to the end on 2 ranks.
+    out = tmp_path / "run"
+    result = run(FINETUNE, finetune_args(world, out, "train.max_steps=3", "train.batch_size=2"), processes=2,
+                 timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["samples_seen"] == 3 * 2 * 2, "global batch = 2 ranks x batch 2"
+    assert (out / "final" / "model.safetensors").is_file()
+    assert [r["step"] for r in metrics_lines(out)] == [1, 2, 3]
