@@ -18,22 +18,19 @@ from rablip.config.schema import Config
 from rablip.data.collate import Collator, Sample, make_qa_sample, make_selection_sample
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
-from rablip.data.prepare import prepare_data
 from rablip.data.records import QAExample
 from rablip.data.splits import load_split
 from rablip.errors import ConfigError
 from rablip.evaluation.predict import generate_answers
 from rablip.evaluation.vqa_metric import vqa_accuracy
-from rablip.models.factory import build_collator, load_generator
+from rablip.models.factory import build_collator
 from rablip.retrieval.static import read_retrieval
 from rablip.training.askg import ReferencePlan, plan_references
-from rablip.training.trainer import TrainingInterrupted, TrainTask, end_distributed, make_accelerator, train
+from rablip.training.stage import finish_stage, start_stage
+from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
-from rablip.utils.rundir import prepare_run_dir
-from rablip.utils.seed import seed_everything
 
 log = get_logger("rablip.finetune")
-SIGNAL_EXIT = {15: 143, 2: 130}
 
 
 class RandomKBItems:
@@ -175,12 +172,7 @@ def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references:
 
 
 def finetune(cfg: Config) -> int:
-    accelerator = make_accelerator(cfg)
-    with accelerator.main_process_first():  # rank 0 writes config.yaml before the others check it
-        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-        prepare_data(cfg)
-        model = load_generator(cfg)
-    seed_everything(cfg.run.seed, accelerator.process_index)
+    accelerator, run_dir, model = start_stage(cfg)
     collator = build_collator(cfg, model, max_references(cfg))
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
     references = ReferenceSource(cfg, run_dir)
@@ -195,12 +187,4 @@ def finetune(cfg: Config) -> int:
 
     task = TrainTask(model=model, dataset=dataset, collate=flatten_collate(collator), loss=answer_loss,
                      save_final=save_final, evaluate=evaluate)
-    try:
-        state = train(cfg, task, accelerator, run_dir)
-    except TrainingInterrupted as stop:
-        log.warning("%s", stop)
-        return SIGNAL_EXIT.get(stop.signum, 1)
-    finally:
-        end_distributed()
-    log.info("fine-tuning done: %d steps, final model in %s", state.step, run_dir / "final")
-    return 0
+    return finish_stage(cfg, task, accelerator, run_dir, "fine-tuning done")

@@ -22,21 +22,18 @@ from torch.utils.data import Dataset
 from rablip.config.schema import Config
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
-from rablip.data.prepare import prepare_data
 from rablip.data.records import KBItem, QAExample
 from rablip.data.splits import load_split
 from rablip.evaluation.retrieval_metrics import retrieval_scores
-from rablip.models.factory import build_retrieval_encoder, load_generator, processor_dirs
+from rablip.models.factory import build_retrieval_encoder, processor_dirs
 from rablip.retrieval.batches import RetrievalBatcher
 from rablip.retrieval.embed import embed_item_batches, embed_questions
 from rablip.training.objectives import RetrievalPretrainingLoss
-from rablip.training.trainer import TrainingInterrupted, TrainTask, end_distributed, make_accelerator, train
+from rablip.training.stage import finish_stage, start_stage
+from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
-from rablip.utils.rundir import prepare_run_dir
-from rablip.utils.seed import seed_everything
 
 log = get_logger("rablip.pretrain")
-SIGNAL_EXIT = {15: 143, 2: 130}
 
 
 @dataclass
@@ -145,12 +142,7 @@ def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore
 
 
 def pretrain(cfg: Config) -> int:
-    accelerator = make_accelerator(cfg)
-    with accelerator.main_process_first():  # rank 0 writes config.yaml before the others check it
-        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-        prepare_data(cfg)
-        generator = load_generator(cfg)
-    seed_everything(cfg.run.seed, accelerator.process_index)
+    accelerator, run_dir, generator = start_stage(cfg)
     qformer_dir, _, image_dir = processor_dirs(generator)
     batcher = RetrievalBatcher.from_pretrained(qformer_dir, image_dir, cfg.data.qformer_max_length)
     encoder = build_retrieval_encoder(cfg, generator)
@@ -175,12 +167,4 @@ def pretrain(cfg: Config) -> int:
 
     task = TrainTask(model=model, dataset=PairDataset(cfg, pairs, kb), collate=make_collate(batcher),
                      loss=make_loss(cfg), save_final=save_final, evaluate=evaluate)
-    try:
-        state = train(cfg, task, accelerator, run_dir)
-    except TrainingInterrupted as stop:
-        log.warning("%s", stop)
-        return SIGNAL_EXIT.get(stop.signum, 1)
-    finally:
-        end_distributed()
-    log.info("pre-training done: %d steps, retrieval encoder in %s", state.step, run_dir / "final")
-    return 0
+    return finish_stage(cfg, task, accelerator, run_dir, "pre-training done")

@@ -27,11 +27,12 @@ from torch.utils.data import Dataset
 
 from rablip.config import Config, load_config
 from rablip.training.checkpoint import trainable_state_dict
+from rablip.training.stage import SIGNAL_EXIT
 from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
 from rablip.utils.rundir import prepare_run_dir
 
 FEATURES = 8
-SIGNAL_EXIT = {15: 143, 2: 130}
+
 
 
 class ToyDataset(Dataset):
