@@ -377,7 +377,11 @@ class EvalConfig:
     lemmatize: bool = False
     """OK-VQA: lemmatize predictions as BLIP-2/LAVIS do (not part of the official metric)."""
     noisy_fraction: float = 0.0
-    """Replace this share of the k references by random KB items (robustness check)."""
+    """Replace this share of the k references (rounded half up; the lowest-ranked ones) by random items
+    of other entities, then shuffle the k (robustness check)."""
+    k_sweep: list[int] = field(default_factory=list)
+    """Also answer with the top k references for each of these k (clean retrieval) and plot accuracy
+    against k in the report; the configured retrieval.k is always included."""
     report: bool = True
     """Write report.html with plots and an example gallery."""
     gallery_size: int = 24
@@ -386,6 +390,8 @@ class EvalConfig:
         _choice("eval.split", self.split, ("train", "val", "test"))
         _positive("eval.num_beams", self.num_beams)
         _range("eval.noisy_fraction", self.noisy_fraction, 0.0, 1.0)
+        for k in self.k_sweep:
+            _positive("eval.k_sweep", k, allow_zero=True)
 
 
 @dataclass

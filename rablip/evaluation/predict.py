@@ -9,7 +9,8 @@ import torch
 from rablip.data.collate import Collator, Sample
 
 GENERATE_INPUTS = ("pixel_values", "image_slot_mask", "qformer_input_ids", "qformer_attention_mask",
-                   "input_ids", "attention_mask")
+                   "input_ids", "attention_mask", "image_embeds", "image_embeds_mask")
+"""Batch keys ``generate`` reads (the last two only in batches with cached reference features)."""
 
 
 @torch.no_grad()
@@ -31,3 +32,25 @@ def generate_answers(model: torch.nn.Module, collator: Collator, samples: Sequen
         tokens = model.generate(**inputs, **kwargs)
         answers.extend(text.strip() for text in collator.llm_tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return answers
+
+
+@torch.no_grad()
+def choose_answers(model: torch.nn.Module, collator: Collator, samples: Sequence[Sample], *,
+                   batch_size: int) -> list[int]:
+    """Per sample, the index of its most likely choice: the lowest mean token loss of the choice as
+    the target (length-normalised, so long options are not penalised for their length)."""
+    score = collator.with_mode("score")
+    device = next(model.parameters()).device
+    chosen: list[int] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = list(samples[start:start + batch_size])
+        batch = score(chunk)
+        inputs = {k: batch[k].to(device) for k in (*GENERATE_INPUTS, "labels") if k in batch}
+        losses = model(**inputs).per_sample_loss.float().cpu()
+        best = torch.full((len(chunk),), float("inf"))
+        best_choice = torch.zeros(len(chunk), dtype=torch.long)
+        for loss, example, choice in zip(losses, batch["example_index"], batch["choice_index"], strict=True):
+            if loss < best[example]:
+                best[example], best_choice[example] = loss, choice
+        chosen.extend(int(c) for c in best_choice)
+    return chosen

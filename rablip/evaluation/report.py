@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,7 @@ def write_report(
     records: list[dict],
     accuracy_vs_k: dict[int, float] | None = None,
     gallery_size: int = 24,
+    complete_shown: Callable[[list[dict]], None] | None = None,
 ) -> Path:
     """Write ``<run_dir>/report.html`` (and its pictures in ``report_files/``); return its path.
 
@@ -311,6 +312,9 @@ def write_report(
     and ``retrieval`` (recall@k, MRR, ...). ``records`` are the per-question records described in
     the module docstring; the gallery shows ``gallery_size`` of them, worst question types first
     and wrong answers first within a type. ``accuracy_vs_k`` ({k: accuracy %}) adds a plot.
+    ``complete_shown`` is called with the records the gallery shows, before they are drawn, so a
+    caller can fill in images and reference texts for those alone (a large split's records can then
+    stay small).
     """
     _check_records(records)
     run_dir = Path(run_dir)
@@ -355,6 +359,8 @@ def write_report(
 
     ordered = sorted(records, key=lambda record: (type_rank[_question_type(record)], float(record["score"])))
     shown = ordered[:max(gallery_size, 0)]
+    if complete_shown is not None:
+        complete_shown(shown)
     sections.append(f"<h2>Examples</h2><p class=\"note\">{len(shown)} of {len(records)} questions: worst "
                     "question types first, wrong answers first within a type. Green border: right, "
                     "yellow: partly right, red: wrong. References are in retrieval order; a green "

@@ -18,6 +18,7 @@ from rablip.config.schema import Config
 from rablip.data.collate import Collator, Sample, make_qa_sample, make_selection_sample
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
+from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
 from rablip.data.splits import load_split
 from rablip.errors import ConfigError
@@ -31,26 +32,6 @@ from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.finetune")
-
-
-class RandomKBItems:
-    """Random KB items for negatives and noise snippets, never of the target's entity (title)."""
-
-    def __init__(self, kb: KBStore) -> None:
-        self.kb = kb
-
-    def __call__(self, rng: np.random.Generator, n: int, exclude: set[str], exclude_titles: set[str]) -> list[str]:
-        picked: list[str] = []
-        for _ in range(20):
-            if len(picked) >= n:
-                break
-            rows = rng.integers(len(self.kb), size=2 * n + 4)
-            for item in self.kb.get_many(self.kb.ids_at(rows)):
-                if item.id not in exclude and item.id not in picked and item.title not in exclude_titles:
-                    picked.append(item.id)
-                    if len(picked) == n:
-                        break
-        return picked
 
 
 class ReferenceSource:

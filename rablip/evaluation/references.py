@@ -1,0 +1,85 @@
+"""The references each evaluated question is answered with.
+
+``retrieval.source`` says where the ranked candidates come from: ``index`` (live search, cached in
+the run dir), ``static`` (a retrieval results file), ``gold`` (the dataset's relevance labels, an
+oracle) or ``none``. A question is answered with the top ``k`` of its candidates.
+
+Noisy evaluation (``eval.noisy_fraction``) replaces ``round(fraction * k)`` of the k references by
+random knowledge-base items: the lowest-ranked ones go, the best ``k - round(fraction * k)``
+retrieved items stay, the random items are drawn from other entities (never a relevant item or one
+with a relevant item's title), and the k references are then shuffled, so rank carries no hint.
+Everything is seeded by ``run.seed`` and the question's position in the split, so the noisy set
+is the same for any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rablip.config.schema import Config
+from rablip.data.kb import KBStore
+from rablip.data.random_items import RandomKBItems
+from rablip.data.records import QAExample
+from rablip.errors import ConfigError
+from rablip.retrieval.static import Retrieved, read_retrieval
+
+Ranked = dict[str, list[tuple[str, float | None]]]
+_NOISE_STREAM = 7
+
+
+def ranked_candidates(cfg: Config, examples: Sequence[QAExample], split: str, run_dir: Path) -> Ranked:
+    """Question id -> ranked (item id, score or None) for every example, from ``retrieval.source``."""
+    source = cfg.retrieval.source
+    if source == "none" or cfg.retrieval.k == 0:
+        return {ex.id: [] for ex in examples}
+    if source == "gold":
+        return {ex.id: [(item_id, None) for item_id in ex.relevant_ids or []] for ex in examples}
+    results: dict[str, Retrieved]
+    if source == "static":
+        if not cfg.retrieval.static_file:
+            raise ConfigError("retrieval.source=static needs retrieval.static_file (a retrieval results file).")
+        results = read_retrieval(cfg.retrieval.static_file)
+    else:
+        from rablip.retrieval.cache import retrieve_split_cached
+
+        results = retrieve_split_cached(cfg, split, run_dir)
+    missing = [ex.id for ex in examples if ex.id not in results]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        where = cfg.retrieval.static_file if source == "static" else "the retrieval cache"
+        raise ConfigError(f"{len(missing)} question(s) of data.{split} have no retrieval results in {where} "
+                          f"({shown}); retrieve for this split again.")
+    return {ex.id: [(item_id, float(score)) for item_id, score in results[ex.id]] for ex in examples}
+
+
+def noise_count(fraction: float, k: int) -> int:
+    """How many of ``k`` references noisy evaluation replaces: ``fraction * k`` rounded half up."""
+    return min(k, math.floor(fraction * k + 0.5))
+
+
+class NoisyReferences:
+    """Replaces the tail of a question's top-k by random KB items and shuffles (see the module doc)."""
+
+    def __init__(self, kb: KBStore, fraction: float, seed: int) -> None:
+        self.kb = kb
+        self.fraction = fraction
+        self.seed = seed
+        self.random_items = RandomKBItems(kb)
+
+    def __call__(self, example: QAExample, position: int, top: list[tuple[str, float | None]],
+                 k: int) -> list[tuple[str, float | None]]:
+        replaced = noise_count(self.fraction, k)
+        if replaced == 0:
+            return top[:k]
+        rng = np.random.default_rng([self.seed, _NOISE_STREAM, position])
+        kept = top[:k - replaced]
+        relevant = set(example.relevant_ids or [])
+        exclude = relevant | {item_id for item_id, _ in kept}
+        titles = {item.title for item in self.kb.get_many(sorted(relevant))} if relevant else set()
+        noise = [(item_id, None) for item_id in self.random_items(rng, k - len(kept), exclude, titles)]
+        mixed = kept + noise
+        return [mixed[i] for i in rng.permutation(len(mixed))]
