@@ -1,53 +1,247 @@
-"""The main job: the synthetic knowledge-VQA experiment.
+"""The main job: the synthetic knowledge-VQA experiment, end to end on a CPU.
 
-    python scripts/demo.py [--seed S] [--entities N] [--out DIR]
+    python scripts/demo.py [--seed S] [--entities N] [--out DIR] [--jobs J]
 
-This version prints the resolved configuration of each stage of the synthetic experiment and says
-which stages this version of rablip can run; the full experiment (world, tokenizers, pre-training,
-index, three fine-tuned variants, evaluation, knowledge edit, results table) lands with the demo
-stage.
+Runs rablip's own entry points with ``configs/experiment/synthetic_*.yaml`` (no separate code path),
+each as a subprocess with its log in ``DIR/logs/``:
+
+1. make the synthetic world (``scripts/make_synthetic.py``); the tokenizers and the tiny generator
+   checkpoint are trained/built by the first stage that needs them;
+2. pre-train the Q-Former and fusion encoder (``run_pretrain.py``);
+3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
+   with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
+4. fine-tune three generators from the same pre-trained encoder (``run_finetune.py``):
+   ``no_retrieval`` (question image and question only), ``ra`` (the retriever's top k, clean) and
+   ``ra_askg`` (ASKG: noise ratio 0.5, selection weight 0.1, plus a random noise snippet);
+5. evaluate each on the test split (``run_eval.py``) with clean retrieval and with noisy retrieval
+   (half of the k references replaced by random knowledge-base items);
+6. knowledge edit: change facts of 20% of the test entities in the knowledge base, rebuild the store
+   and the index (no retraining) and answer the affected questions again with ``ra_askg``.
+
+Writes ``DIR/results.json`` and prints one table; each evaluation's ``report.html`` is linked.
+Independent jobs run ``--jobs`` at a time (default 2), each on one CPU thread.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import os
+import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rablip.config.load import load_config, to_yaml  # noqa: E402
+from rablip.errors import RablipError  # noqa: E402
+from rablip.evaluation.vqa_metric import vqa_accuracy  # noqa: E402
 from rablip.utils.cli import run_main  # noqa: E402
+from rablip.utils.io import atomic_write_json, read_json  # noqa: E402
 
-STAGES = [
-    ("make the synthetic world", "rablip.data.synthetic.world", "scripts/make_synthetic.py"),
-    ("build the knowledge-base store", "rablip.data.kb", "scripts/build_kb.py"),
-    ("pre-train the fusion encoder", "rablip.training.pretrain", "run_pretrain.py"),
-    ("encode the knowledge base and build the index", "rablip.retrieval.index", "scripts/build_index.py"),
-    ("fine-tune the generator", "rablip.training.finetune", "run_finetune.py"),
-    ("evaluate", "rablip.evaluation.run", "run_eval.py"),
-]
+EXPERIMENTS = "configs/experiment"
+VARIANTS = {
+    "no_retrieval": ["retrieval.source=none", "askg.enabled=false", "noise.random_snippets=0"],
+    "ra": ["retrieval.source=index", "askg.enabled=false", "noise.random_snippets=0"],
+    "ra_askg": ["retrieval.source=index", "askg.enabled=true", "askg.noise_ratio=0.5", "askg.weight=0.1",
+                "noise.random_snippets=1"],
+}
+NOISY_FRACTION = 0.5
+EDIT_FRACTION = 0.2
+TARGETS = {
+    "ra_askg unseen knowledge >= 80": lambda r: r["variants"]["ra_askg"]["unseen_knowledge_acc"] >= 80,
+    "no_retrieval unseen knowledge <= 25": lambda r: r["variants"]["no_retrieval"]["unseen_knowledge_acc"] <= 25,
+    "visual >= 90 for every variant": lambda r: all(v["visual_acc"] >= 90 for v in r["variants"].values()),
+    "noisy: ra_askg loses <= 10 and beats ra": lambda r: (
+        r["variants"]["ra_askg"]["unseen_knowledge_acc"] - r["variants"]["ra_askg"]["noisy_unseen_knowledge_acc"]
+        <= 10 and r["variants"]["ra_askg"]["noisy_unseen_knowledge_acc"]
+        > r["variants"]["ra"]["noisy_unseen_knowledge_acc"]),
+    "recall@1 >= 90 and above uninstructed": lambda r: (
+        r["retrieval"]["recall@1"] >= 90 and r["retrieval"]["recall@1"] > r["retrieval"]["recall@1_uninstructed"]),
+    "knowledge edit follows new fact >= 80%": lambda r: (
+        r["knowledge_edit"]["follows_new_fact"] >= 0.8 * r["knowledge_edit"]["edited_questions"]),
+    "wall time <= 15 min": lambda r: r["wall_seconds"] <= 900,
+}
+
+
+@dataclass
+class Job:
+    """One entry-point run: its command line, the jobs it waits for, and its log file."""
+
+    name: str
+    argv: list[str]
+    after: list[str] = field(default_factory=list)
+
+
+class JobRunner:
+    """Runs jobs as subprocesses, up to ``parallel`` at a time, each once its dependencies succeeded."""
+
+    def __init__(self, logs: Path, parallel: int) -> None:
+        self.logs = logs
+        self.parallel = parallel
+        self.durations: dict[str, float] = {}
+
+    def run(self, jobs: list[Job]) -> None:
+        logs_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+                    "ACCELERATE_USE_CPU": os.environ.get("ACCELERATE_USE_CPU", "true")}
+        pending, running = list(jobs), {}
+        self.logs.mkdir(parents=True, exist_ok=True)
+        while pending or running:
+            for job in [j for j in pending if all(d in self.durations for d in j.after)]:
+                if len(running) >= self.parallel:
+                    break
+                pending.remove(job)
+                log = (self.logs / f"{job.name}.log").open("w")
+                print(f"  start  {job.name}", flush=True)
+                process = subprocess.Popen([sys.executable, *job.argv], cwd=ROOT, env=logs_env, stdout=log,
+                                           stderr=subprocess.STDOUT)
+                running[job.name] = (process, time.time(), log)
+            time.sleep(0.2)
+            for name, (process, started, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if process.returncode != 0:
+                    for other, _, other_log in running.values():
+                        other.kill()
+                        other_log.close()
+                    tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                    raise RablipError(f"the demo stage {name} failed (exit {process.returncode}); its log is "
+                                      f"{self.logs / name}.log:\n" + "\n".join(tail))
+                self.durations[name] = time.time() - started
+                print(f"  done   {name} ({self.durations[name]:.0f} s)", flush=True)
+
+
+def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetune_steps: int | None) -> list[Job]:
+    """Every job of the experiment, in an order that respects the dependencies."""
+    world = out / "world"
+    common = [f"run.seed={seed}", f"data.synthetic.entities={entities}", f"data.synthetic.world_dir={world}",
+              f"model.fusion.checkpoint={out / 'pretrain' / 'final'}", f"retrieval.index_dir={world / 'index'}"]
+
+    def stage(script: str, config: str, run_dir: str, *extra: str) -> list[str]:
+        return [script, "--config", f"{EXPERIMENTS}/synthetic_{config}.yaml", *common,
+                f"run.output_dir={out / run_dir}", *extra]
+
+    pretrain = [f"train.max_steps={pretrain_steps}"] if pretrain_steps else []
+    finetune = [f"train.max_steps={finetune_steps}"] if finetune_steps else []
+    jobs = [
+        Job("world", ["scripts/make_synthetic.py", "--out", str(world), "--seed", str(seed), "--entities",
+                      str(entities)]),
+        Job("pretrain", stage("run_pretrain.py", "pretrain", "pretrain", *pretrain), ["world"]),
+        Job("index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common],
+            ["pretrain"]),
+        Job("retrieval", stage("run_eval.py", "eval", "retrieval", "eval.retrieval_only=true"), ["index"]),
+        Job("retrieval_uninstructed", stage("run_eval.py", "eval", "retrieval_uninstructed",
+                                            "eval.retrieval_only=true", "retrieval.instruct_queries=false"),
+            ["index"]),
+    ]
+    for variant, overrides in VARIANTS.items():
+        checkpoint = f"eval.checkpoint={out / f'finetune_{variant}' / 'final'}"
+        source = [o for o in overrides if o.startswith("retrieval.source")]
+        jobs.append(Job(f"finetune_{variant}", stage("run_finetune.py", "finetune", f"finetune_{variant}",
+                                                     *overrides, *finetune), ["index"]))
+        jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *source),
+                        [f"finetune_{variant}"]))
+        if variant != "no_retrieval":
+            jobs.append(Job(f"eval_{variant}_noisy", stage("run_eval.py", "eval", f"eval_{variant}_noisy", checkpoint,
+                                                           *source, f"eval.noisy_fraction={NOISY_FRACTION}",
+                                                           "eval.k_sweep=[]"), [f"finetune_{variant}"]))
+    edited = [f"data.kb.path={world / 'kb_edited.jsonl'}", f"data.kb.store_dir={world / 'kb_store_edited'}",
+              f"retrieval.index_dir={world / 'index_edited'}"]
+    jobs += [
+        Job("edit", ["scripts/make_synthetic.py", "--edit", str(world), "--edit-fraction", str(EDIT_FRACTION)],
+            ["eval_ra_askg", "eval_ra_askg_noisy"]),
+        Job("edit_kb", ["scripts/build_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common, *edited],
+            ["edit"]),
+        Job("edit_index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common,
+                           *edited], ["edit_kb"]),
+        Job("eval_edit", stage("run_eval.py", "eval", "eval_edit", *edited,
+                               f"eval.checkpoint={out / 'finetune_ra_askg' / 'final'}", "eval.k_sweep=[]",
+                               f"data.test.path={world / 'edit' / 'OpenEnded_mscoco_test2014_questions.json'}",
+                               f"data.test.annotations={world / 'edit' / 'mscoco_test2014_annotations.json'}"),
+            ["edit_index"]),
+    ]
+    return jobs
+
+
+def group_scores(eval_dir: Path) -> dict[str, float]:
+    """Accuracy per question group (knowledge/seen, knowledge/unseen, visual, naming) of one evaluation."""
+    return read_json(eval_dir / "metrics.json", "evaluation metrics")["per_group"]
+
+
+def knowledge_edit_counts(out: Path) -> dict[str, int]:
+    """How many edited questions the model answered with the new fact, and with the old one."""
+    edits = read_json(out / "world" / "edit" / "edits.json", "knowledge-edit manifest")
+    answers = {str(p["question_id"]): p["answer"] for p in read_json(out / "eval_edit" / "predictions.json")}
+    questions = edits["questions"]
+    return {"edited_questions": len(questions),
+            "follows_new_fact": sum(vqa_accuracy(answers.get(qid, ""), [q["new"]]) > 0 for qid, q in questions.items()),
+            "follows_old_fact": sum(vqa_accuracy(answers.get(qid, ""), [q["old"]]) > 0 for qid, q in questions.items())}
+
+
+def collect(out: Path, seed: int, entities: int, wall: float) -> dict:
+    """``results.json``: retrieval recall, per-variant accuracies, knowledge-edit counts."""
+    retrieval = read_json(out / "retrieval" / "metrics.json")["retrieval"]
+    uninstructed = read_json(out / "retrieval_uninstructed" / "metrics.json")["retrieval"]
+    variants = {}
+    for variant in VARIANTS:
+        clean = group_scores(out / f"eval_{variant}")
+        noisy = group_scores(out / f"eval_{variant}_noisy") if variant != "no_retrieval" else clean
+        variants[variant] = {"unseen_knowledge_acc": clean.get("knowledge/unseen", 0.0),
+                             "seen_knowledge_acc": clean.get("knowledge/seen", 0.0),
+                             "visual_acc": clean.get("visual", 0.0),
+                             "noisy_unseen_knowledge_acc": noisy.get("knowledge/unseen", 0.0),
+                             "report": str(out / f"eval_{variant}" / "report.html")}
+    return {"seed": seed, "entities": entities, "wall_seconds": round(wall, 1),
+            "retrieval": {"recall@1": retrieval["recall@1"], "recall@5": retrieval["recall@5"],
+                          "recall@1_uninstructed": uninstructed["recall@1"]},
+            "variants": variants, "knowledge_edit": knowledge_edit_counts(out)}
+
+
+def table(results: dict) -> str:
+    """The results as a plain-text table, with each target and whether it was met."""
+    lines = [f"rablip synthetic knowledge-VQA demo (seed {results['seed']}, {results['entities']} entities, "
+             f"{results['wall_seconds'] / 60:.1f} min)", "",
+             f"{'variant':14s} {'unseen know.':>12s} {'seen know.':>10s} {'visual':>7s} {'noisy unseen':>12s}"]
+    for name, v in results["variants"].items():
+        noisy = f"{v['noisy_unseen_knowledge_acc']:12.1f}" if name != "no_retrieval" else f"{'-':>12s}"
+        lines.append(f"{name:14s} {v['unseen_knowledge_acc']:12.1f} {v['seen_knowledge_acc']:10.1f} "
+                     f"{v['visual_acc']:7.1f} {noisy}")
+    r, e = results["retrieval"], results["knowledge_edit"]
+    lines += ["", f"retrieval: recall@1 {r['recall@1']:.1f}, recall@5 {r['recall@5']:.1f}, "
+                  f"recall@1 without the question instructing the Q-Former {r['recall@1_uninstructed']:.1f}",
+              f"knowledge edit: {e['edited_questions']} edited questions, {e['follows_new_fact']} answered with the "
+              f"new fact, {e['follows_old_fact']} with the old one", "", "targets:"]
+    for name, check in TARGETS.items():
+        lines.append(f"  [{'met ' if check(results) else 'MISS'}] {name}")
+    lines += ["", "reports:"] + [f"  {name}: {v['report']}" for name, v in results["variants"].items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entities", type=int, default=96)
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", default="runs/demo", help="output directory (must be empty or absent)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="jobs run at once")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="override the pre-training steps")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tuning steps")
     args = parser.parse_args(argv)
-    overrides = [f"run.seed={args.seed}", f"data.synthetic.entities={args.entities}",
-                 f"data.synthetic.world_dir={args.out}/world"]
-    for stage in ("pretrain", "finetune", "eval"):
-        path = ROOT / "configs" / "experiment" / f"synthetic_{stage}.yaml"
-        cfg = load_config(path, [*overrides, f"run.output_dir={args.out}/{stage}"])
-        print(f"# ---- {path.relative_to(ROOT)} (resolved) ----")
-        print(to_yaml(cfg))
-    print("# ---- stages of the synthetic experiment ----")
-    for title, module, command in STAGES:
-        present = importlib.util.find_spec(module) is not None
-        print(f"  [{'available' if present else 'not yet   '}] {title:48s} {command}")
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise RablipError(f"--out {out} is not empty; choose a new directory (or delete this one).")
+    started = time.time()
+    print(f"rablip demo: seed {args.seed}, {args.entities} entities, output in {out}", flush=True)
+    JobRunner(out / "logs", args.jobs).run(plan(out, args.seed, args.entities, args.pretrain_steps,
+                                                args.finetune_steps))
+    results = collect(out, args.seed, args.entities, time.time() - started)
+    atomic_write_json(out / "results.json", results)
+    print()
+    print(table(results))
+    print(f"\nresults: {out / 'results.json'}")
     return 0
 
 

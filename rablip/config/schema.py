@@ -382,6 +382,9 @@ class EvalConfig:
     k_sweep: list[int] = field(default_factory=list)
     """Also answer with the top k references for each of these k (clean retrieval) and plot accuracy
     against k in the report; the configured retrieval.k is always included."""
+    retrieval_only: bool = False
+    """Score the configured retriever (recall@k, MRR, precision@k, WebQA retrieval F1) without loading
+    the generator or answering; needs retrieval.source index or static."""
     report: bool = True
     """Write report.html with plots and an example gallery."""
     gallery_size: int = 24

@@ -25,6 +25,7 @@ from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.records import QAExample
 from rablip.data.splits import load_split
+from rablip.errors import ConfigError
 from rablip.evaluation.gather import gather_in_order, process_rank_world, shard_bounds
 from rablip.evaluation.predict import choose_answers, generate_answers
 from rablip.evaluation.references import NoisyReferences, Ranked, ranked_candidates
@@ -177,9 +178,37 @@ def index_recipe(cfg: Config) -> dict | None:
             "layout_sha256": layout_checksum(cfg.retrieval.index_dir)}
 
 
+def evaluate_retrieval_only(cfg: Config, started: float) -> int:
+    """``eval.retrieval_only``: the configured retriever's metrics on the split, no generator loaded."""
+    if cfg.retrieval.source not in ("index", "static"):
+        raise ConfigError(f"eval.retrieval_only scores a retriever: set retrieval.source to index or static "
+                          f"(it is {cfg.retrieval.source!r}).")
+    accelerator = make_accelerator(cfg)
+    with accelerator.main_process_first():
+        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
+        prepare_data(cfg)
+    examples = load_split(cfg.data, cfg.eval.split)
+    ranked = ranked_candidates(cfg, examples, cfg.eval.split, run_dir)
+    if accelerator.is_main_process:
+        metrics = {"dataset": cfg.data.dataset, "split": cfg.eval.split, "num_questions": len(examples),
+                   "retrieval": evaluate_retrieval(ranked, examples, cfg.data.dataset, ks=(1, 5, 10), chosen_k=2),
+                   "recipe": {"config": to_dict(cfg), "index": index_recipe(cfg),
+                              "references": {"source": cfg.retrieval.source,
+                                             "instruct_queries": cfg.retrieval.instruct_queries}},
+                   "wall_seconds": round(time.time() - started, 2)}
+        atomic_write_json(run_dir / METRICS_FILE, metrics)
+        shown = ", ".join(f"{key} {value:.2f}" for key, value in metrics["retrieval"].items() if "@" in key)
+        log.info("retrieval on %s: %s (%s)", cfg.eval.split, shown, run_dir / METRICS_FILE)
+    accelerator.wait_for_everyone()
+    end_distributed()
+    return 0
+
+
 def evaluate(cfg: Config) -> int:
     """Answer ``data.<eval.split>``, write official-format predictions, ``metrics.json`` and ``report.html``."""
     started = time.time()
+    if cfg.eval.retrieval_only:
+        return evaluate_retrieval_only(cfg, started)
     accelerator = make_accelerator(cfg)
     with accelerator.main_process_first():
         run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
