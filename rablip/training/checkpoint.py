@@ -8,8 +8,11 @@ A checkpoint is a directory ``<run>/checkpoints/step-XXXXXXXX`` holding
 - ``trainer_state.json``: step, samples seen, best metric so far, skipped steps (written last).
 
 It is written into a temporary sibling directory and renamed into place, so a process killed while
-writing leaves the previous checkpoints untouched and no directory that looks complete. Nothing is
-unpickled on load.
+writing leaves the previous checkpoints untouched and no directory that looks complete. A checkpoint
+of the same step that is written again (a SIGTERM right after a periodic save) first moves the old
+one aside (``.old-step-XXXXXXXX``, still a valid checkpoint until the new one is in place), and a
+checkpoint is deleted state file first, so a kill at any moment leaves every directory that looks
+complete readable. Nothing is unpickled on load.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from rablip.utils.io import atomic_write_json
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
+ASIDE = ".old-"
+"""Prefix of a checkpoint moved aside while the same step is written again."""
 STATE_FILE = "trainer_state.json"
 
 
@@ -53,12 +58,20 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints (their state file exists), oldest first."""
+    """Complete checkpoints (their state file exists), oldest first.
+
+    A checkpoint moved aside for a re-save of its step stands in for it when the process was killed
+    before the new one was renamed into place.
+    """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    complete = [p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()]
+    by_step = {p.name: p for p in complete if p.name.startswith(PREFIX)}
+    for aside in complete:
+        if aside.name.startswith(ASIDE + PREFIX):
+            by_step.setdefault(aside.name[len(ASIDE):], aside)
+    return [by_step[name] for name in sorted(by_step)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -131,8 +144,13 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         atomic_write_json(tmp / "rng.json", rng_meta, indent=None)
         atomic_write_json(tmp / STATE_FILE, asdict(state))
         if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            aside = final.with_name(ASIDE + final.name)
+            remove_checkpoint(aside)
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            remove_checkpoint(aside)
+        else:
+            os.replace(tmp, final)
     except OSError as exc:  # disk full, quota, permissions: say where, keep the earlier checkpoints
         shutil.rmtree(tmp, ignore_errors=True)
         raise RablipError(f"cannot write the checkpoint {final}: {exc.strerror or exc}. Earlier checkpoints are "
@@ -144,16 +162,27 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     return final
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory, its state file first: a process killed while deleting never
+    leaves a directory that looks complete but lacks its weights."""
+    if path.is_dir():
+        (path / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
     complete = list_checkpoints(run_dir)
-    keep = set(complete[-max(1, keep_last):])
+    keep = {p.name.removeprefix(ASIDE) for p in complete[-max(1, keep_last):]}
     if best_step is not None:
-        keep.add(checkpoint_dir(run_dir, best_step))
+        keep.add(checkpoint_dir(run_dir, best_step).name)
     for path in complete:
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
-    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if path.name.removeprefix(ASIDE) not in keep:
+            remove_checkpoint(path)
+    standing_in = set(complete)
+    root = Path(run_dir) / CHECKPOINTS
+    for leftover in [*root.glob(".tmp-*"), *root.glob(ASIDE + "*")]:
+        if leftover not in standing_in:
+            remove_checkpoint(leftover)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainerState:
@@ -162,6 +191,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     try:
         state = TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
         weights = load_file(str(path / "model.safetensors"))
+        optimizer_files = (load_file(str(path / "optimizer.safetensors")),
+                           json.loads((path / "optimizer.json").read_text(encoding="utf-8")))
+        rng_files = (load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as exc:
         raise RablipError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from an earlier one") from None
     trainable = dict(model.named_parameters())
@@ -174,7 +206,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         for name, value in weights.items():
             trainable[name].copy_(value)
     if optimizer is not None:
-        meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-        optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta))
-    _restore_rng(load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text(encoding="utf-8")))
+        optimizer.load_state_dict(_optimizer_from_files(*optimizer_files))
+    _restore_rng(*rng_files)
     return state

@@ -40,6 +40,7 @@ from rablip.training.checkpoint import (
 )
 from rablip.training.optim import build_optimizer, set_lr
 from rablip.training.order import StepOrderSampler
+from rablip.training.worker_errors import GuardedDataset, guarded_collate, raise_if_user_error
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.train")
@@ -225,7 +226,7 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
 
     sampler = StepOrderSampler(len(task.dataset), tc.batch_size, world_size=accelerator.num_processes,
                                rank=accelerator.process_index, seed=cfg.run.seed, start=state.micro_steps)
-    loader = DataLoader(task.dataset, batch_sampler=sampler, collate_fn=task.collate,
+    loader = DataLoader(GuardedDataset(task.dataset), batch_sampler=sampler, collate_fn=guarded_collate(task.collate),
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
     batches = iter(loader)
     metrics = MetricsLog(cfg, run_dir, main)
@@ -252,7 +253,7 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
             step_logs: dict[str, float] = {}
             finite = True
             for micro in range(tc.grad_accum):
-                batch = _to_device(next(batches), accelerator.device)
+                batch = _to_device(raise_if_user_error(next(batches)), accelerator.device)
                 state.micro_steps += 1
                 sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
@@ -368,15 +369,19 @@ def _save(accelerator: Accelerator, run_dir: Path, model: torch.nn.Module, optim
 
 
 def _save_final(task: TrainTask, model: torch.nn.Module, final_dir: Path) -> None:
-    """Write the final model into a temporary sibling, then rename it into place."""
+    """Write the final model into a temporary sibling, then rename it into place (an earlier final
+    model is renamed aside first and deleted last, so no half-deleted one is ever at ``final_dir``)."""
     tmp = final_dir.with_name(f".tmp-{final_dir.name}")
+    aside = final_dir.with_name(f".old-{final_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         task.save_final(model, tmp)
         if final_dir.exists():
-            shutil.rmtree(final_dir)
-        tmp.rename(final_dir)
+            os.replace(final_dir, aside)
+        os.replace(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,0 +1,460 @@
+"""Bad inputs, one table: each case goes through a real entry point's ``main(argv)`` under
+:func:`rablip.utils.cli.run_main` (what ``python run_finetune.py ...`` runs), and must end with exit
+code 2, one ``error:`` line that says what was wrong, where and what to do, no traceback, and
+nothing that existed before changed (and nothing left behind but what a case allows).
+
+A few cases run as real subprocesses too (:func:`test_real_processes_exit_2_without_traceback`).
+To add a case: write a builder that creates the bad files under ``tmp`` and returns the argv, and
+add a :class:`BadInput` row to :data:`CASES`.
+
+run_eval.py cases (bad prediction targets, a split without images, ...) are to be added once its
+stage (rablip/evaluation/run.py) exists; rablip-score covers the prediction files meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rablip.evaluation.cli import score_main
+from rablip.models.build import build_tiny_checkpoint, tiny_architecture
+from rablip.retrieval import search
+from rablip.retrieval.index import build_index
+from rablip.utils.cli import run_main
+from tests.data.image_fixtures import noisy_jpeg
+from tests.data.test_webqa import _train_val, _write_tsv
+from tests.evaluation.test_score_cli import _vqa_files
+from tests.reliability.conftest import FINETUNE_CONFIG, ROOT, FinetuneWorld, entry_main
+
+BASE_CONFIG = str(ROOT / "configs" / "base.yaml")
+RUN_DIR_FILES = ("run", "run/config.yaml", "run/checkpoints")
+"""What a run that failed on its data may leave: its run directory with the resolved config."""
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One row of the table."""
+
+    name: str
+    entry: str
+    """Key of :data:`ENTRY_POINTS`."""
+    build: Callable[..., list[str]]
+    """``build(tmp)`` (or ``build(tmp, world)`` for ``finetune`` data cases) writes the files, returns argv."""
+    says: tuple[str, ...]
+    """Fragments of the error line (``{tmp}`` is the case's directory): what, where, what to do."""
+    may_create: tuple[str, ...] = ()
+    """Paths under ``tmp`` that may appear (relative)."""
+    needs_world: bool = False
+    one_line: bool = True
+    """False where the message lists things on lines of their own (the keys of a checkpoint)."""
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+# --- config -------------------------------------------------------------------------------------
+
+def _config_file(tmp: Path, text: str) -> list[str]:
+    return ["--config", str(_write(tmp / "x.yaml", text))]
+
+
+def config_typo_on_command_line(tmp: Path) -> list[str]:
+    return ["--config", str(FINETUNE_CONFIG), "train.lrr=1"]
+
+
+def config_typo_in_yaml(tmp: Path) -> list[str]:
+    return _config_file(tmp, "defaults: [base.yaml]\ntrain:\n  lr: 1.0e-4\n  max_stpes: 3\n")
+
+
+def config_wrong_type_on_command_line(tmp: Path) -> list[str]:
+    return ["--config", str(FINETUNE_CONFIG), "train.max_steps=many"]
+
+
+def config_wrong_type_in_yaml(tmp: Path) -> list[str]:
+    return _config_file(tmp, "defaults: [base.yaml]\nretrieval:\n  k: three\n")
+
+
+def config_malformed_yaml(tmp: Path) -> list[str]:
+    return _config_file(tmp, "train:\n  lr: 1\n  max_steps: [1, 2\nrun:\n  seed: 1\n")
+
+
+def config_defaults_cycle(tmp: Path) -> list[str]:
+    _write(tmp / "a.yaml", "defaults: [b.yaml]\n")
+    _write(tmp / "b.yaml", "defaults: [a.yaml]\n")
+    return ["--config", str(tmp / "a.yaml")]
+
+
+def config_file_missing(tmp: Path) -> list[str]:
+    return ["--config", str(tmp / "nope.yaml")]
+
+
+def config_required_path_empty(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return world.args(tmp / "run", "data.train.path=")
+
+
+# --- question-answering data (OK-VQA format, read by run_finetune.py) --------------------------
+
+def _okvqa_args(tmp: Path, world: FinetuneWorld, questions: dict | bytes | str | None = None,
+                image_root: Path | None = None, *extra: str) -> list[str]:
+    """Copies of the world's train files, the questions replaced when given."""
+    path = tmp / "questions.json"
+    if questions is None:
+        shutil.copy(world.world_dir / "OpenEnded_mscoco_train2014_questions.json", path)
+    else:
+        _write(path, json.dumps(questions) if isinstance(questions, dict) else questions)
+    annotations = shutil.copy(world.world_dir / "mscoco_train2014_annotations.json", tmp / "annotations.json")
+    return world.args(tmp / "run", f"data.train.path={path}", f"data.train.annotations={annotations}",
+                      f"data.train.image_root={image_root or world.world_dir}", *extra)
+
+
+def _world_questions(world: FinetuneWorld) -> dict:
+    return json.loads((world.world_dir / "OpenEnded_mscoco_train2014_questions.json").read_text())
+
+
+def qa_malformed_json(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _okvqa_args(tmp, world, '{"questions": [\n  {"question_id": 1,\n')
+
+
+def qa_missing_key(tmp: Path, world: FinetuneWorld) -> list[str]:
+    questions = _world_questions(world)
+    del questions["questions"][1]["image_id"]
+    return _okvqa_args(tmp, world, questions)
+
+
+def qa_wrong_type(tmp: Path, world: FinetuneWorld) -> list[str]:
+    questions = _world_questions(world)
+    questions["questions"][2]["question"] = ["not", "a", "string"]
+    return _okvqa_args(tmp, world, questions)
+
+
+def qa_duplicate_id(tmp: Path, world: FinetuneWorld) -> list[str]:
+    questions = _world_questions(world)
+    questions["questions"].append(dict(questions["questions"][0]))
+    return _okvqa_args(tmp, world, questions)
+
+
+def qa_not_utf8(tmp: Path, world: FinetuneWorld) -> list[str]:
+    text = json.dumps(_world_questions(world), indent=1).encode("utf-8")
+    return _okvqa_args(tmp, world, text.replace(b"Where did", b"Wh\xffre did", 1))
+
+
+def _damaged_images(tmp: Path, world: FinetuneWorld, damage: Callable[[Path], None]) -> Path:
+    root = tmp / "images"
+    shutil.copytree(world.world_dir / "train2014", root / "train2014")
+    for image in (root / "train2014").iterdir():
+        damage(image)
+    return root
+
+
+def image_missing(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _okvqa_args(tmp, world, None, _damaged_images(tmp, world, Path.unlink))
+
+
+def image_missing_in_a_loader_worker(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _okvqa_args(tmp, world, None, _damaged_images(tmp, world, Path.unlink), "data.num_workers=1")
+
+
+def image_truncated(tmp: Path, world: FinetuneWorld) -> list[str]:
+    data = noisy_jpeg()
+
+    def truncate(path: Path) -> None:
+        path.write_bytes(data[: len(data) // 2])
+    return _okvqa_args(tmp, world, None, _damaged_images(tmp, world, truncate))
+
+
+def image_not_an_image(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _okvqa_args(tmp, world, None, _damaged_images(tmp, world, lambda p: p.write_text("<html>moved</html>")))
+
+
+def checkpoint_of_another_architecture(tmp: Path, world: FinetuneWorld) -> list[str]:
+    """The generator's config with the weights of an OPT model."""
+    opt = build_tiny_checkpoint(tmp / "opt", tiny_architecture("opt"), seed=2)
+    foreign = shutil.copytree(world.checkpoint, tmp / "foreign")
+    shutil.copy(opt / "model.safetensors", foreign / "model.safetensors")
+    shutil.rmtree(opt)
+    return world.args(tmp / "run", f"model.checkpoint={foreign}")
+
+
+# --- knowledge base (scripts/build_kb.py) -------------------------------------------------------
+
+def _kb_args(tmp: Path, content: str | bytes, *extra: str) -> list[str]:
+    path = _write(tmp / "kb.jsonl", content)
+    (tmp / "kb_root").mkdir()
+    return ["--config", BASE_CONFIG, "data.kb.format=jsonl", f"data.kb.path={path}",
+            f"data.kb.root={tmp / 'kb_root'}", f"data.kb.store_dir={tmp / 'store'}", *extra]
+
+
+def _jsonl(*records: dict) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+def kb_malformed_jsonl(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}) + '{"id": "b", "text": \n')
+
+
+def kb_missing_key(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}, {"text": "no id"}))
+
+
+def kb_wrong_type(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}, {"id": "b", "text": 7}))
+
+
+def kb_duplicate_id(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}))
+
+
+def kb_not_utf8(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}).encode() + b'{"id": "b", "text": "caf\xe9"}\n')
+
+
+def kb_image_climbs_out(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x", "image": "../secret.png"}))
+
+
+def kb_image_absolute(tmp: Path) -> list[str]:
+    return _kb_args(tmp, _jsonl({"id": "a", "text": "x", "image": "/etc/hostname"}))
+
+
+def webqa_lineidx_past_the_end(tmp: Path) -> list[str]:
+    tsv, lineidx = _write_tsv(tmp)
+    lineidx.write_text(f"{tsv.stat().st_size + 100}\n" + "".join(lineidx.read_text().splitlines(True)[1:]))
+    data = _write(tmp / "WebQA_train_val.json", json.dumps(_train_val()))
+    return ["--config", BASE_CONFIG, "data.kb.format=webqa", f"data.kb.path={data}",
+            f"data.kb.webqa_images_tsv={tsv}", f"data.kb.store_dir={tmp / 'store'}"]
+
+
+# --- prediction files (rablip-score) ------------------------------------------------------------
+
+def _okvqa_predictions(tmp: Path, content: str | bytes) -> list[str]:
+    predictions = _write(tmp / "predictions.json", content)
+    _write(tmp / "scores.json", '{"kept": true}\n')  # an earlier result that must survive
+    return ["okvqa", *_vqa_files(tmp), "--predictions", str(predictions), "--output", str(tmp / "scores.json")]
+
+
+def predictions_unknown_id(tmp: Path) -> list[str]:
+    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 99, "answer": "x"}]))
+
+
+def predictions_missing_answer(tmp: Path) -> list[str]:
+    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 2}]))
+
+
+def predictions_non_string_answer(tmp: Path) -> list[str]:
+    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": 2}]))
+
+
+def predictions_duplicate_id(tmp: Path) -> list[str]:
+    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 1, "answer": "dog"}]))
+
+
+def predictions_not_utf8(tmp: Path) -> list[str]:
+    return _okvqa_predictions(tmp, b'[{"question_id": 1, "answer": "caf\xe9"}]')
+
+
+def aokvqa_non_string_choice(tmp: Path) -> list[str]:
+    data = [{"question_id": "a", "image_id": 1, "question": "q", "choices": ["x", "y"], "correct_choice_idx": 1,
+             "direct_answers": ["y"] * 10, "difficult_direct_answer": False, "rationales": []}]
+    _write(tmp / "aokvqa.json", json.dumps(data))
+    _write(tmp / "predictions.json", json.dumps({"a": {"multiple_choice": 1, "direct_answer": "y"}}))
+    return ["aokvqa", "--data", str(tmp / "aokvqa.json"), "--predictions", str(tmp / "predictions.json")]
+
+
+def infoseek_malformed_jsonl(tmp: Path) -> list[str]:
+    references = [{"data_id": "1", "answer_eval": ["oak"], "data_split": "val_unseen_question"}]
+    _write(tmp / "references.jsonl", _jsonl(*references))
+    _write(tmp / "predictions.jsonl", '{"data_id": "1", "prediction": "oak"}\n{"data_id": "2", \n')
+    return ["infoseek", "--references", str(tmp / "references.jsonl"), "--predictions", str(tmp / "predictions.jsonl")]
+
+
+def webqa_missing_answer(tmp: Path) -> list[str]:
+    data = {"g": {"Q": "q", "A": ['"Red."'], "Qcate": "color", "Keywords_A": "red", "split": "val",
+                  "txt_posFacts": [{"snippet_id": "s", "fact": "f"}], "img_posFacts": []}}
+    _write(tmp / "webqa.json", json.dumps(data))
+    _write(tmp / "predictions.json", json.dumps({"g": {"sources": ["s"]}}))
+    return ["webqa", "--data", str(tmp / "webqa.json"), "--predictions", str(tmp / "predictions.json")]
+
+
+# --- indexes (python -m rablip.retrieval.search, scripts/build_index.py) -----------------------
+
+def _index(tmp: Path, fingerprint: str = "encoder-A") -> tuple[Path, list[str]]:
+    rows = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    np.save(tmp / "emb.npy", rows)
+    np.save(tmp / "queries.npy", rows[:3])
+    index = build_index(tmp / "emb.npy", tmp / "index", encoder_fingerprint=fingerprint)
+    np.save(tmp / "rows.npy", np.zeros((1, 1), np.int64))  # an earlier result that must survive
+    return index, ["--index", str(index), "--queries", str(tmp / "queries.npy"), "--k", "2",
+                   "--output", str(tmp / "rows.npy")]
+
+
+def index_of_another_encoder(tmp: Path) -> list[str]:
+    _, argv = _index(tmp)
+    return [*argv, "--encoder-fingerprint", "encoder-B"]
+
+
+def index_half_written(tmp: Path) -> list[str]:
+    index, argv = _index(tmp)
+    (index / "manifest.json").unlink()
+    return argv
+
+
+def index_file_damaged(tmp: Path) -> list[str]:
+    index, argv = _index(tmp)
+    with (index / "index.faiss").open("r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\0" * 8)
+    return argv
+
+
+def embeddings_pickled(tmp: Path) -> list[str]:
+    np.save(tmp / "emb.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return ["--embeddings", str(tmp / "emb.npy"), "--index-type", "flat", "--out", str(tmp / "index")]
+
+
+ENTRY_POINTS: dict[str, Callable[[], Callable[[list[str]], int | None]]] = {
+    "finetune": lambda: entry_main("run_finetune.py"),
+    "build_kb": lambda: entry_main("scripts/build_kb.py"),
+    "build_index": lambda: entry_main("scripts/build_index.py"),
+    "score": lambda: score_main,
+    "search": lambda: search.main,
+}
+
+CASES = [
+    # config
+    BadInput("config typo on the command line", "finetune", config_typo_on_command_line,
+             ("train.lrr", "command line", "did you mean 'train.lr'")),
+    BadInput("config typo in YAML", "finetune", config_typo_in_yaml,
+             ("train.max_stpes", "{tmp}/x.yaml", "line 4", "did you mean 'train.max_steps'")),
+    BadInput("config wrong type on the command line", "finetune", config_wrong_type_on_command_line,
+             ("train.max_steps", "command line", "many")),
+    BadInput("config wrong type in YAML", "finetune", config_wrong_type_in_yaml,
+             ("retrieval.k", "{tmp}/x.yaml", "line 3")),
+    BadInput("malformed YAML", "finetune", config_malformed_yaml, ("malformed YAML", "{tmp}/x.yaml", "line")),
+    BadInput("defaults cycle", "finetune", config_defaults_cycle, ("cycle", "{tmp}/a.yaml", "b.yaml")),
+    BadInput("config file missing", "finetune", config_file_missing, ("not found", "{tmp}/nope.yaml")),
+    BadInput("required path empty", "finetune", config_required_path_empty, ("data.train.path is empty", "set"),
+             RUN_DIR_FILES, needs_world=True),
+    # question-answering data
+    BadInput("QA malformed JSON", "finetune", qa_malformed_json,
+             ("malformed JSON", "{tmp}/questions.json", "line 3"), RUN_DIR_FILES, needs_world=True),
+    BadInput("QA record missing a key", "finetune", qa_missing_key,
+             ("{tmp}/questions.json", "record 1", "missing required key 'image_id'"), RUN_DIR_FILES, needs_world=True),
+    BadInput("QA record with a wrong type", "finetune", qa_wrong_type,
+             ("{tmp}/questions.json", "'question'", "string"), RUN_DIR_FILES, needs_world=True),
+    BadInput("QA duplicate question id", "finetune", qa_duplicate_id,
+             ("{tmp}/questions.json", "duplicate", "10000010"), RUN_DIR_FILES, needs_world=True),
+    BadInput("QA file not UTF-8", "finetune", qa_not_utf8,
+             ("{tmp}/questions.json", "UTF-8", "line"), RUN_DIR_FILES, needs_world=True),
+    BadInput("image missing", "finetune", image_missing,
+             ("{tmp}/images/train2014/COCO_train2014_", "does not exist", "Check the image root"),
+             RUN_DIR_FILES, needs_world=True),
+    BadInput("image missing, read in a loader worker", "finetune", image_missing_in_a_loader_worker,
+             ("{tmp}/images/train2014/COCO_train2014_", "does not exist"), RUN_DIR_FILES, needs_world=True),
+    BadInput("image truncated", "finetune", image_truncated, ("{tmp}/images/train2014/COCO_train2014_", "truncated"),
+             RUN_DIR_FILES, needs_world=True),
+    BadInput("image file that is not an image", "finetune", image_not_an_image,
+             ("{tmp}/images/train2014/COCO_train2014_", "not an image"), RUN_DIR_FILES, needs_world=True),
+    BadInput("checkpoint of another architecture", "finetune", checkpoint_of_another_architecture,
+             ("{tmp}/foreign", "missing", "unexpected", "language_model."), RUN_DIR_FILES,
+             needs_world=True, one_line=False),
+    # knowledge base
+    BadInput("KB malformed JSONL", "build_kb", kb_malformed_jsonl, ("{tmp}/kb.jsonl", "line 2", "malformed JSON")),
+    BadInput("KB record missing its id", "build_kb", kb_missing_key, ("{tmp}/kb.jsonl", "line 2", "'id'")),
+    BadInput("KB record with a wrong type", "build_kb", kb_wrong_type, ("{tmp}/kb.jsonl", "line 2", "'text'")),
+    BadInput("KB duplicate id", "build_kb", kb_duplicate_id, ("{tmp}/kb.jsonl", "'a'", "line 1", "line 3")),
+    BadInput("KB not UTF-8", "build_kb", kb_not_utf8, ("{tmp}/kb.jsonl", "line 2", "UTF-8")),
+    BadInput("KB image path climbing out of the root", "build_kb", kb_image_climbs_out,
+             ("{tmp}/kb.jsonl", "line 1", "'../secret.png'")),
+    BadInput("KB absolute image path", "build_kb", kb_image_absolute, ("{tmp}/kb.jsonl", "line 1", "absolute")),
+    BadInput("WebQA lineidx past the end", "build_kb", webqa_lineidx_past_the_end,
+             ("{tmp}/imgs.lineidx", "past the end", "{tmp}/imgs.tsv")),
+    # prediction files
+    BadInput("predictions with an unknown id", "score", predictions_unknown_id,
+             ("{tmp}/predictions.json", "99", "not in the reference data")),
+    BadInput("predictions missing an answer", "score", predictions_missing_answer,
+             ("{tmp}/predictions.json", "'answer'")),
+    BadInput("predictions with a non-string answer", "score", predictions_non_string_answer,
+             ("{tmp}/predictions.json", "'answer' must be a string")),
+    BadInput("predictions with a duplicate id", "score", predictions_duplicate_id,
+             ("{tmp}/predictions.json", "a second prediction for id 1", "one prediction per question")),
+    BadInput("predictions not UTF-8", "score", predictions_not_utf8, ("{tmp}/predictions.json", "UTF-8")),
+    BadInput("A-OKVQA prediction with a non-string choice", "score", aokvqa_non_string_choice,
+             ("{tmp}/predictions.json", "multiple_choice")),
+    BadInput("InfoSeek malformed JSONL predictions", "score", infoseek_malformed_jsonl,
+             ("{tmp}/predictions.jsonl", "line 2")),
+    BadInput("WebQA prediction missing its answer", "score", webqa_missing_answer,
+             ("{tmp}/predictions.json", "'answer'")),
+    # indexes
+    BadInput("index from another encoder", "search", index_of_another_encoder,
+             ("{tmp}/index", "encoder-A", "encoder-B")),
+    BadInput("index without its manifest (half-written)", "search", index_half_written,
+             ("{tmp}/index", "manifest.json")),
+    BadInput("index file damaged", "search", index_file_damaged, ("{tmp}/index/index.faiss", "sha256")),
+    BadInput("pickled embeddings", "build_index", embeddings_pickled, ("{tmp}/emb.npy",)),
+]
+
+
+def snapshot(root: Path) -> dict[Path, bytes | None]:
+    """Every path under ``root``: file contents, ``None`` for directories."""
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_exits_2_with_one_message_and_changes_nothing(case, tmp_path, capsys, request):
+    tmp = tmp_path / "case"
+    tmp.mkdir()
+    argv = case.build(tmp, request.getfixturevalue("tiny_finetune_world")) if case.needs_world else case.build(tmp)
+    before = snapshot(tmp)
+    main = ENTRY_POINTS[case.entry]()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-3000:]
+    assert "Traceback" not in err, err
+    message = err[err.index("error: "):]
+    assert err.count("error: ") == 1 and (message.count("\n") == 1 or not case.one_line), message
+    for fragment in case.says:
+        assert fragment.format(tmp=tmp) in message, f"{fragment.format(tmp=tmp)!r} not in {message!r}"
+
+    after = snapshot(tmp)
+    changed = [str(p) for p, content in before.items() if after.get(p, b"<gone>") != content]
+    assert not changed, f"pre-existing files changed or removed: {changed}"
+    new = {str(p.relative_to(tmp)) for p in after if p not in before}
+    allowed = {str(p.relative_to(tmp)) for pattern in case.may_create for p in tmp.glob(pattern)}
+    assert new <= allowed, f"left behind: {sorted(new - allowed)}"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    """``--debug`` is the one way to see where a user error was raised."""
+    from rablip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.lrr"):
+        run_main(entry_main("run_finetune.py"), [*config_typo_on_command_line(tmp_path), "--debug"])
+
+
+@pytest.mark.parametrize("command", [
+    ["run_finetune.py", "--config", str(FINETUNE_CONFIG), "train.lrr=1"],
+    ["-m", "rablip.evaluation.cli", "okvqa", "--questions", "{tmp}/q.json", "--annotations", "{tmp}/q.json",
+     "--predictions", "{tmp}/q.json"],
+], ids=["run_finetune", "rablip-score"])
+def test_real_processes_exit_2_without_traceback(command, tmp_path):
+    _write(tmp_path / "q.json", b'{"questions": [\xff')
+    result = subprocess.run([sys.executable, *(part.format(tmp=tmp_path) for part in command)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
