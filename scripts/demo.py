@@ -193,12 +193,12 @@ def collect(out: Path, seed: int, entities: int, wall: float) -> dict:
         variants[variant] = {"unseen_knowledge_acc": clean.get("knowledge/unseen", 0.0),
                              "seen_knowledge_acc": clean.get("knowledge/seen", 0.0),
                              "visual_acc": clean.get("visual", 0.0),
-                             "noisy_unseen_knowledge_acc": noisy.get("knowledge/unseen", 0.0),
-                             "report": str(out / f"eval_{variant}" / "report.html")}
+                             "noisy_unseen_knowledge_acc": noisy.get("knowledge/unseen", 0.0)}
     return {"seed": seed, "entities": entities, "wall_seconds": round(wall, 1),
             "retrieval": {"recall@1": retrieval["recall@1"], "recall@5": retrieval["recall@5"],
                           "recall@1_uninstructed": uninstructed["recall@1"]},
-            "variants": variants, "knowledge_edit": knowledge_edit_counts(out)}
+            "variants": variants, "knowledge_edit": knowledge_edit_counts(out),
+            "reports": {variant: str(out / f"eval_{variant}" / "report.html") for variant in VARIANTS}}
 
 
 def table(results: dict) -> str:
@@ -217,7 +217,7 @@ def table(results: dict) -> str:
               f"new fact, {e['follows_old_fact']} with the old one", "", "targets:"]
     for name, check in TARGETS.items():
         lines.append(f"  [{'met ' if check(results) else 'MISS'}] {name}")
-    lines += ["", "reports:"] + [f"  {name}: {v['report']}" for name, v in results["variants"].items()]
+    lines += ["", "reports:"] + [f"  {name}: {path}" for name, path in results["reports"].items()]
     return "\n".join(lines)
 
 

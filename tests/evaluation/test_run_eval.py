@@ -4,6 +4,7 @@ references, multiple-choice likelihood ranking and answers gathered from two rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -83,12 +84,22 @@ def test_eval_with_the_live_index_reports_retrieval_metrics(tmp_path):
             f"eval.checkpoint={tmp_path / 'world' / 'tiny-instructblip-t5'}",
             "eval.batch_size=8", "eval.report=false"])
         assert evaluate(eval_cfg) == 0
+        only = tmp_path / "retrieval_only"
+        assert evaluate(replace_output(eval_cfg, only, retrieval_only=True)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    alone = json.loads((only / "metrics.json").read_text())
+    assert alone["retrieval"] == metrics["retrieval"] and "scores" not in alone
+    assert not (only / "predictions.json").exists()
     retrieval = metrics["retrieval"]
     assert {"recall@1", "recall@5", "recall@10", "mrr", "precision@1"} <= set(retrieval)
     assert 0 <= retrieval["recall@1"] <= retrieval["recall@10"] <= 100
     assert metrics["recipe"]["index"]["layout"]["encoder_fingerprint"]
     assert (out / "retrieval_test.jsonl").is_file() and not (out / "report.html").exists()
+
+
+def replace_output(cfg, out: Path, **eval_changes):
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(out)),
+                               eval=dataclasses.replace(cfg.eval, **eval_changes))
 
 
 def test_noisy_references_keep_the_best_and_mix_in_other_entities(tuned):
