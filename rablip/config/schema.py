@@ -116,6 +116,11 @@ class ModelConfig:
     build_if_missing: bool = False
     """Build a fresh model of size ``arch`` (with tokenizers trained on the data) when checkpoint is empty.
     Only for tiny synthetic experiments: real runs must point at real weights."""
+    export_generator: bool = False
+    """run_pretrain.py: also write <run.output_dir>/final/generator, the base generator holding the
+    pre-trained vision encoder, query tokens and Q-Former, for fine-tuning to start from (as BLIP-2's
+    second stage starts from its first). For models without a pre-trained vision encoder (the tiny
+    synthetic one); published checkpoints start fine-tuning from their own weights."""
     arch: ArchConfig = field(default_factory=ArchConfig)
     qformer_instruction: bool = True
     """Whether the Q-Former reads the instruction (InstructBLIP). False for BLIP-2 checkpoints."""
@@ -341,7 +346,18 @@ class TrainConfig:
     skip_nonfinite: bool = False
     """Skip steps with a NaN/inf loss (counted) instead of stopping."""
     feature_cache: bool = False
-    """Cache frozen vision features of knowledge-item images on disk."""
+    """Fine-tuning: take the vision encoder's patch features of knowledge-item images from an on-disk
+    float16 cache instead of encoding the item images at every step (question images are still
+    encoded). Built on first use (every image item of the KB store), then memory-mapped by every step
+    and later run; keyed on a sha256 of the vision weights and config, the image processor settings
+    and the KB store's manifest, so a cache built for anything else is rebuilt, never reused. Needs a
+    frozen vision encoder (vision_model not in model.trainable). Disk: image items x patches x width
+    x 2 bytes (InstructBLIP's ViT-g: 257 x 1408 x 2, about 0.7 MB per image item)."""
+    feature_cache_dir: str = ""
+    """Directory of the feature cache (one cache; a stale one is replaced). Empty: beside the KB store,
+    <data.kb.store_dir>.vision_features."""
+    feature_cache_batch_size: int = 64
+    """Images per vision-encoder batch while the feature cache is built."""
     itc_weight: float = 1.0
     """Pre-training: image-text contrastive loss weight."""
     itm_weight: float = 1.0
@@ -355,6 +371,7 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         _positive("train.grad_accum", self.grad_accum)
         _positive("train.save_every", self.save_every)
+        _positive("train.feature_cache_batch_size", self.feature_cache_batch_size)
         _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         _range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))

@@ -16,6 +16,10 @@ a list of samples into the batch dict:
   Encoder-decoder models: the tokenizer's suffix (``</s>``) ends the input, rows are right-padded,
   ``labels`` (B, T) is target + EOS with -100 padding.
 * ``sample_weight`` (float) and ``sample_kind`` (long: 0 QA, 1 ASKG selection) in ``train`` mode.
+* ``image_embeds`` (B, S, P, D) float16 and ``image_embeds_mask`` (B, S), only when some reference
+  carries precomputed vision features (the frozen-feature cache, :mod:`rablip.training.feature_cache`)
+  instead of a decoded image: such a slot is real, its pixels stay zero and the model reads its
+  features; elsewhere ``image_embeds`` is zero and the mask False.
 
 Modes: ``train`` (labels), ``generate`` (no labels; decoder-only rows end with the answer prefix so
 ``generate`` continues there) and ``score`` (one row per multiple-choice option with that option as
@@ -63,10 +67,17 @@ GetItems = Callable[[list[str]], list[KBItem]]
 
 @dataclass
 class Reference:
-    """One knowledge item in a sample, with its decoded image (None for text items or skipped images)."""
+    """One knowledge item in a sample, with its decoded image (None for text items or skipped images),
+    or instead the vision encoder's patch features (P, D) of that image, precomputed."""
 
     item: KBItem
     image: Image.Image | None = None
+    features: torch.Tensor | None = None
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the reference fills an image slot (a decoded image or its precomputed features)."""
+        return self.image is not None or self.features is not None
 
 
 @dataclass
@@ -101,11 +112,26 @@ def pick_answer(example: QAExample) -> str | None:
     return None
 
 
-def _load_references(items: Sequence[KBItem], load_item_image: LoadImage) -> list[Reference]:
+def item_has_image(item: KBItem) -> bool:
+    """Whether a knowledge item's image goes into an image slot (it has one and is not a text item)."""
+    return item.modality != "text" and item.image is not None
+
+
+def _load_references(
+    items: Sequence[KBItem], load_item_image: LoadImage, item_features: Sequence[torch.Tensor | None] | None = None
+) -> list[Reference]:
+    """References of ``items``; an item with features in ``item_features`` (aligned with ``items``) keeps
+    them and its image is not decoded."""
+    if item_features is not None and len(item_features) != len(items):
+        raise ValueError(f"{len(item_features)} feature entries for {len(items)} items")
     references = []
-    for item in items:
-        has_image = item.modality != "text" and item.image is not None
-        references.append(Reference(item, load_item_image(item.image, item.id) if has_image else None))
+    for position, item in enumerate(items):
+        has_image = item_has_image(item)
+        features = item_features[position] if item_features is not None and has_image else None
+        if features is not None:
+            references.append(Reference(item, None, features))
+        else:
+            references.append(Reference(item, load_item_image(item.image, item.id) if has_image else None))
     return references
 
 
@@ -120,14 +146,17 @@ def make_qa_sample(
     *,
     load_item_image: LoadImage | None = None,
     target: str | None = None,
+    item_features: Sequence[torch.Tensor | None] | None = None,
 ) -> Sample:
     """A QA sample: ``items`` become references 1..k in the given order; the target is ``target``
     or :func:`pick_answer`. ``load_item_image`` (default ``load_image``) decodes item images, so
-    question images and KB images can live under different roots."""
+    question images and KB images can live under different roots. ``item_features`` (aligned with
+    ``items``, e.g. from the feature cache) gives precomputed vision features that replace an item's
+    image; None entries (and no list at all) mean: decode the image."""
     return Sample(
         question=example.question,
         image=_question_image(example, load_image),
-        references=_load_references(items, load_item_image or load_image),
+        references=_load_references(items, load_item_image or load_image, item_features),
         target=target if target is not None else pick_answer(example),
         kind="qa",
         weight=1.0,
@@ -144,9 +173,11 @@ def make_selection_sample(
     load_image: LoadImage,
     *,
     load_item_image: LoadImage | None = None,
+    item_features: Sequence[torch.Tensor | None] | None = None,
 ) -> Sample:
     """An ASKG relevance-selection sample: the target names ``items[relevant_index]`` as
-    ``Reference N`` (N = relevant_index + 1); ``weight`` scales its loss (e.g. 0.1)."""
+    ``Reference N`` (N = relevant_index + 1); ``weight`` scales its loss (e.g. 0.1).
+    ``item_features`` as in :func:`make_qa_sample`."""
     if not 0 <= relevant_index < len(items):
         raise ValueError(
             f"example {example.id!r}: relevant_index {relevant_index} does not index its {len(items)} items"
@@ -154,7 +185,7 @@ def make_selection_sample(
     return Sample(
         question=example.question,
         image=_question_image(example, load_image),
-        references=_load_references(items, load_item_image or load_image),
+        references=_load_references(items, load_item_image or load_image, item_features),
         target=prompts.select_target(relevant_index + 1),
         kind="select",
         weight=float(weight),
@@ -249,12 +280,14 @@ def _fit_cap(lengths: list[int], floors: list[int], budget: int) -> int:
 
 @dataclass
 class _Row:
-    """One tokenized row: LLM ids, its labels (None without a target), slot images and instructions."""
+    """One tokenized row: LLM ids, its labels (None without a target), slot images or precomputed
+    features (one of the two, or neither, per slot) and instructions."""
 
     input_ids: list[int]
     labels: list[int] | None
     images: list[Image.Image | None]
     instructions: list[str]
+    features: list[torch.Tensor | None]
 
 
 class Collator:
@@ -412,7 +445,7 @@ class Collator:
         image_block = [self.image_token_id] * self.num_query_tokens
         lines, floors, blocks, instructions = [], [], [], [prompts.qformer_instruction(question)]
         for number, reference in enumerate(references, start=1):
-            has_image = reference.image is not None
+            has_image = reference.has_image
             title, text = self._clean(reference.item.title), self._clean(reference.item.text)
             instructions.append(
                 prompts.qformer_instruction(question, prompts.item_caption(title, text) if has_image else "")
@@ -478,7 +511,8 @@ class Collator:
             else:
                 labels = [IGNORE_INDEX] * len(input_ids) + target_ids
                 input_ids = input_ids + target_ids
-        return _Row(input_ids, labels, [sample.image] + [r.image for r in references], instructions)
+        images = [sample.image] + [None if r.features is not None else r.image for r in references]
+        return _Row(input_ids, labels, images, instructions, [None] + [r.features for r in references])
 
     def _rows(self, samples: Sequence[Sample]) -> tuple[list[_Row], dict[str, torch.Tensor]]:
         """Tokenized rows and the mode's extra tensors."""
@@ -524,6 +558,21 @@ class Collator:
                 slot_mask[r, s] = True
         return pixel_values, slot_mask
 
+    def _features(self, rows: list[_Row], slots: int) -> dict[str, torch.Tensor]:
+        """``image_embeds`` / ``image_embeds_mask`` of the slots with precomputed features ({} when none)."""
+        places = [(r, s) for r, row in enumerate(rows) for s, features in enumerate(row.features) if features is not None]
+        if not places:
+            return {}
+        shapes = {tuple(rows[r].features[s].shape) for r, s in places}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise DataError(f"precomputed image features must all be (patches, width) of one shape, got {sorted(shapes)}")
+        embeds = torch.zeros(len(rows), slots, *next(iter(shapes)), dtype=torch.float16)
+        mask = torch.zeros(len(rows), slots, dtype=torch.bool)
+        for r, s in places:
+            embeds[r, s] = rows[r].features[s]
+            mask[r, s] = True
+        return {"image_embeds": embeds, "image_embeds_mask": mask}
+
     def _qformer(self, rows: list[_Row], slots: int) -> tuple[torch.Tensor, torch.Tensor]:
         texts = []
         for row in rows:
@@ -544,6 +593,9 @@ class Collator:
         most = max(len(row.images) for row in rows)
         slots = 1 + self.max_references if self.pad_slots_to_max_references else most
         pixel_values, slot_mask = self._pixels(rows, slots)
+        cached = self._features(rows, slots)
+        if cached:
+            slot_mask = slot_mask | cached["image_embeds_mask"]
         qformer_ids, qformer_mask = self._qformer(rows, slots)
         left = not self.is_encoder_decoder
         batch = {
@@ -556,5 +608,6 @@ class Collator:
         }
         if rows[0].labels is not None:
             batch["labels"] = _pad([row.labels for row in rows], IGNORE_INDEX, left)
+        batch.update(cached)
         batch.update(extras)
         return batch

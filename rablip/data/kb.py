@@ -386,6 +386,23 @@ class KBStore:
         rows = [int(r) for r in rows]
         return list(self._dataset.select_columns(["id"])[rows]["id"]) if rows else []
 
+    def rows_of(self, item_ids: Sequence[str]) -> list[int]:
+        """The row of each of ``item_ids`` (KBItemNotFoundError for an id the store does not hold)."""
+        item_ids = list(item_ids)
+        for item_id in item_ids:
+            if not isinstance(item_id, str):
+                raise self._not_found(item_id)
+        rows = [int(row) for row in self._index.first_candidates(item_ids)] if item_ids else []
+        checked = iter(self.ids_at([row for row in rows if row >= 0]))
+        for position, item_id in enumerate(item_ids):
+            if rows[position] < 0 or next(checked) != item_id:
+                # no row with this id's hash, or the first such row holds another id (a hash collision)
+                row = self._row_of(item_id)
+                if row is None:
+                    raise self._not_found(item_id)
+                rows[position] = row
+        return rows
+
     def ids(self, batch_size: int = _ID_BATCH_ROWS) -> Iterator[str]:
         """Every item id in row order, read ``batch_size`` rows at a time."""
         for batch in self._dataset.select_columns(["id"]).iter(batch_size=batch_size):

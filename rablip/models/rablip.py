@@ -6,7 +6,9 @@ load unchanged. RA-BLIP adds a per-slot type embedding (added to a slot's patch 
 the Q-Former cross-attention) and a position embedding over the concatenated real slots' query
 outputs; both start at zero, so a model loaded from InstructBLIP computes exactly what InstructBLIP
 computes. Only real image slots (``image_slot_mask``) are encoded and scattered, in slot order,
-into the LLM's image-token positions; empty and text-only slots contribute nothing.
+into the LLM's image-token positions; empty and text-only slots contribute nothing. A real slot
+whose patch features were precomputed (``image_embeds`` where ``image_embeds_mask`` is True, from
+the frozen-feature cache) skips the vision tower; everything after it is the same computation.
 """
 
 from __future__ import annotations
@@ -131,16 +133,47 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
             outputs = self.vision_model(pixel_values=images, interpolate_pos_encoding=interpolate_pos_encoding)
         return outputs.last_hidden_state
 
+    def real_slot_patches(
+        self,
+        slots: SlotBatch,
+        batch_index: torch.Tensor,
+        slot_index: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """Patch features (N, P, Dv) of the listed real slots, in the Q-Former's dtype: the given
+        ``image_embeds`` where ``image_embeds_mask`` is True, the vision tower's output elsewhere."""
+        dtype = self.query_tokens.dtype
+        if slots.image_embeds is None:
+            return self.encode_images(slots.pixel_values[batch_index, slot_index], interpolate_pos_encoding).to(dtype)
+        cached = slots.image_embeds_mask[batch_index, slot_index]
+        given = slots.image_embeds[batch_index[cached], slot_index[cached]].to(dtype)
+        width = self.config.vision_config.hidden_size
+        if given.shape[-1] != width:
+            raise ValueError(f"image_embeds have width {given.shape[-1]}, the vision tower's is {width}")
+        if bool(cached.all()):
+            return given
+        fresh = ~cached
+        encoded = self.encode_images(
+            slots.pixel_values[batch_index[fresh], slot_index[fresh]], interpolate_pos_encoding
+        ).to(dtype)
+        if given.shape[0] and given.shape[1:] != encoded.shape[1:]:
+            raise ValueError(
+                f"image_embeds hold {tuple(given.shape[1:])} patch features per image, the vision tower gives "
+                f"{tuple(encoded.shape[1:])}: the features come from another encoder or image size"
+            )
+        patches = encoded.new_empty(batch_index.shape[0], *encoded.shape[1:])
+        patches[cached] = given
+        patches[fresh] = encoded
+        return patches
+
     def get_slot_features(self, slots: SlotBatch, interpolate_pos_encoding: bool = False) -> SlotFeatures:
         """Run vision tower, Q-Former and projection over the real slots of a normalized batch."""
         batch_index, slot_index = slots.image_slot_mask.nonzero(as_tuple=True)
-        qformer_dtype = self.query_tokens.dtype
         if batch_index.numel() == 0:
             width_q = self.config.qformer_config.hidden_size
             empty = self.query_tokens.new_zeros(0, self.config.num_query_tokens, width_q)
             return SlotFeatures(empty, self.language_projection(empty), batch_index, slot_index)
-        patches = self.encode_images(slots.pixel_values[batch_index, slot_index], interpolate_pos_encoding)
-        patches = patches.to(qformer_dtype)
+        patches = self.real_slot_patches(slots, batch_index, slot_index, interpolate_pos_encoding)
         if self.config.refine_top_m is not None:
             patches = apply_refinement(self, patches, slots, batch_index, slot_index, self.config.refine_top_m)
         if self.slot_type_embeds is not None:
@@ -194,14 +227,19 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
         sample_weight: torch.Tensor | None = None,
         sample_kind: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.Tensor | None = None,
+        image_embeds_mask: torch.Tensor | None = None,
     ) -> RABlipOutput:
         """Loss and logits for a batch in the model batch contract (or InstructBLIP's single-image shapes).
 
         ``pixel_values`` (B, S, 3, H, W) or (B, 3, H, W); ``qformer_input_ids`` (B, S, Lq) or (B, Lq);
-        ``image_slot_mask`` (B, S), default all True. See the batch contract for the rest.
+        ``image_slot_mask`` (B, S), default all True. ``image_embeds`` (B, S, P, Dv): precomputed vision
+        features used, instead of the pixels, in the slots where ``image_embeds_mask`` (B, S) is True
+        (default: every real slot). See the batch contract for the rest.
         """
         slots = normalize_slot_inputs(
-            pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, self.config.max_image_slots
+            pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, self.config.max_image_slots,
+            image_embeds, image_embeds_mask,
         )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -242,16 +280,20 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         image_slot_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.Tensor | None = None,
+        image_embeds_mask: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Generated answer token ids (B, T): the LLM's ``generate`` over the multimodal input embeddings.
 
         Only the new tokens are returned (for decoder-only LLMs the prompt is cut off; for
         encoder-decoders the sequence starts with the decoder start token, as transformers returns it).
-        ``generate_kwargs`` go to the LLM's ``generate`` (num_beams, max_new_tokens, ...).
+        ``generate_kwargs`` go to the LLM's ``generate`` (num_beams, max_new_tokens, ...); ``image_embeds``
+        and ``image_embeds_mask`` are as in :meth:`forward`.
         """
         slots = normalize_slot_inputs(
-            pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, self.config.max_image_slots
+            pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, self.config.max_image_slots,
+            image_embeds, image_embeds_mask,
         )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

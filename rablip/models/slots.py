@@ -1,6 +1,9 @@
 """Normalizing model inputs to the multi-slot layout of the batch contract.
 
 InstructBLIP's single-image shapes ((B, 3, H, W) pixels, (B, Lq) instruction) become one slot.
+Slots may also come with precomputed patch features (``image_embeds`` (B, S, P, D), from the
+frozen-feature cache): where ``image_embeds_mask`` is True the model uses them instead of running
+the vision tower on that slot's pixels.
 """
 
 from __future__ import annotations
@@ -12,12 +15,45 @@ import torch
 
 @dataclass
 class SlotBatch:
-    """Image slots of a batch: pixels (B, S, 3, H, W), instruction (B, S, Lq) and real-slot mask (B, S)."""
+    """Image slots of a batch: pixels (B, S, 3, H, W), instruction (B, S, Lq), real-slot mask (B, S), and
+    optionally precomputed patch features (B, S, P, D) with the mask (B, S) of the slots that use them."""
 
     pixel_values: torch.Tensor
     qformer_input_ids: torch.Tensor | None
     qformer_attention_mask: torch.Tensor | None
     image_slot_mask: torch.Tensor
+    image_embeds: torch.Tensor | None = None
+    image_embeds_mask: torch.Tensor | None = None
+
+
+def _check_image_embeds(
+    image_embeds: torch.Tensor | None,
+    image_embeds_mask: torch.Tensor | None,
+    image_slot_mask: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Bring (B, P, D) features to one slot, default the mask to the real slots, and check both."""
+    if image_embeds is None:
+        if image_embeds_mask is not None:
+            raise ValueError("image_embeds_mask was given without image_embeds")
+        return None, None
+    batch_size, num_slots = image_slot_mask.shape
+    if image_embeds.dim() == 3:
+        image_embeds = image_embeds.unsqueeze(1)
+    if image_embeds.dim() != 4 or tuple(image_embeds.shape[:2]) != (batch_size, num_slots):
+        raise ValueError(
+            f"image_embeds must be (B, S, P, D) with (B, S) = ({batch_size}, {num_slots}) as pixel_values, "
+            f"got {tuple(image_embeds.shape)}"
+        )
+    if image_embeds_mask is None:
+        image_embeds_mask = image_slot_mask
+    if tuple(image_embeds_mask.shape) != (batch_size, num_slots):
+        raise ValueError(
+            f"image_embeds_mask {tuple(image_embeds_mask.shape)} does not match the slots ({batch_size}, {num_slots})"
+        )
+    image_embeds_mask = image_embeds_mask.bool()
+    if (image_embeds_mask & ~image_slot_mask).any():
+        raise ValueError("image_embeds_mask marks slots that image_slot_mask says hold no image")
+    return image_embeds, image_embeds_mask
 
 
 def normalize_slot_inputs(
@@ -26,8 +62,11 @@ def normalize_slot_inputs(
     qformer_attention_mask: torch.Tensor | None,
     image_slot_mask: torch.Tensor | None,
     max_image_slots: int,
+    image_embeds: torch.Tensor | None = None,
+    image_embeds_mask: torch.Tensor | None = None,
 ) -> SlotBatch:
-    """Check shapes and bring single-image inputs to one slot; ``image_slot_mask`` defaults to all True."""
+    """Check shapes and bring single-image inputs to one slot; ``image_slot_mask`` defaults to all True,
+    ``image_embeds_mask`` (when ``image_embeds`` is given) to ``image_slot_mask``."""
     if pixel_values.dim() == 4:
         pixel_values = pixel_values.unsqueeze(1)
     if pixel_values.dim() != 5:
@@ -53,4 +92,7 @@ def normalize_slot_inputs(
         raise ValueError(
             f"image_slot_mask {tuple(image_slot_mask.shape)} does not match pixel_values slots ({batch_size}, {num_slots})"
         )
-    return SlotBatch(pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask.bool())
+    image_slot_mask = image_slot_mask.bool()
+    image_embeds, image_embeds_mask = _check_image_embeds(image_embeds, image_embeds_mask, image_slot_mask)
+    return SlotBatch(pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, image_embeds,
+                     image_embeds_mask)

@@ -3,7 +3,9 @@
 References come from ``retrieval.source``: the dataset's gold relevance labels, a static retrieval
 file, a live index (its results cached as a static file in the run dir), or none. With
 ``askg.enabled`` they are mixed with irrelevant items and every example also yields an ASKG
-relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets.
+relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets. With
+``train.feature_cache`` the references' images come as precomputed vision features from the
+frozen-feature cache (:mod:`rablip.training.feature_cache`) instead of decoded pixels.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rablip.evaluation.vqa_metric import vqa_accuracy
 from rablip.models.factory import build_collator
 from rablip.retrieval.static import read_retrieval
 from rablip.training.askg import ReferencePlan, plan_references
+from rablip.training.feature_cache import FeatureCache, cache_for_run
 from rablip.training.stage import finish_stage, start_stage
 from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
@@ -59,13 +62,16 @@ class ReferenceSource:
 
 
 class FinetuneDataset(Dataset):
-    """Indexed by ``(example index, epoch)``: the QA sample and, with ASKG, the selection sample."""
+    """Indexed by ``(example index, epoch)``: the QA sample and, with ASKG, the selection sample.
+    With ``features`` (a feature cache), item images in it come as cached features, not pixels."""
 
-    def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource) -> None:
+    def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource,
+                 features: FeatureCache | None = None) -> None:
         self.cfg = cfg
         self.examples = examples
         self.kb = kb
         self.references = references
+        self.features = features
         self.random_items = RandomKBItems(kb)
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
@@ -98,11 +104,17 @@ class FinetuneDataset(Dataset):
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         plan = self.plan(example, rng)
         load_q, load_item = self.question_images.load, self.item_images.load
-        samples = [make_qa_sample(example, self.kb.get_many(plan.ids), load_q, load_item_image=load_item)]
+        samples = [make_qa_sample(example, self.kb.get_many(plan.ids), load_q, load_item_image=load_item,
+                                  item_features=self.cached(plan.ids))]
         if plan.selection_ids:
             samples.append(make_selection_sample(example, self.kb.get_many(plan.selection_ids), plan.selection_target,
-                                                 self.cfg.askg.weight, load_q, load_item_image=load_item))
+                                                 self.cfg.askg.weight, load_q, load_item_image=load_item,
+                                                 item_features=self.cached(plan.selection_ids)))
         return samples
+
+    def cached(self, item_ids: list[str]) -> list[torch.Tensor | None] | None:
+        """The cached features of the items (None without a cache)."""
+        return self.features.features_of(item_ids) if self.features is not None else None
 
 
 def max_references(cfg: Config) -> int:
@@ -139,10 +151,11 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return out.loss, logs
 
 
-def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references: ReferenceSource, limit: int = 256):
+def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references: ReferenceSource, limit: int = 256,
+                       features: FeatureCache | None = None):
     """VQA accuracy of generated answers on the first ``limit`` val examples (gold references)."""
     examples = load_split(cfg.data, "val")[:limit]
-    dataset = FinetuneDataset(cfg, examples, kb, references)
+    dataset = FinetuneDataset(cfg, examples, kb, references, features)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         samples = [dataset[(i, 0)][0] for i in range(len(examples))]
@@ -157,11 +170,14 @@ def finetune(cfg: Config) -> int:
     collator = build_collator(cfg, model, max_references(cfg))
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
     references = ReferenceSource(cfg, run_dir)
-    dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, references)
+    with accelerator.main_process_first():
+        features = cache_for_run(cfg, model, collator.image_processor, kb, is_main_process=accelerator.is_main_process,
+                                 device=accelerator.device)
+    dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, references, features)
     evaluate = None
     if cfg.train.eval_every and cfg.data.val.path:
         val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir, "val")
-        evaluate = make_val_evaluator(cfg, collator, kb, val_references)
+        evaluate = make_val_evaluator(cfg, collator, kb, val_references, features=features)
 
     def save_final(m: torch.nn.Module, out: Path) -> None:
         m.save_pretrained(str(out), trainable_only=True)
