@@ -72,6 +72,7 @@ def build_tiny_checkpoint(
     tokenizer: PreTrainedTokenizerBase | None = None,
     qformer_tokenizer: PreTrainedTokenizerBase | None = None,
     seed: int = 0,
+    init: str = "spread",
 ) -> Path:
     """Save a transformers InstructBLIP (or, with ``qformer_text_input=False``, BLIP-2) dir.
 
@@ -80,7 +81,13 @@ def build_tiny_checkpoint(
     ``tokenizer``, the ``<image>`` token is added to it, the LLM vocab is grown to cover it, and it
     is saved beside the weights; ``qformer_tokenizer`` goes to ``qformer_tokenizer/`` (the
     InstructBLIP processor layout). Without a tokenizer the image token is the last vocab id.
+
+    ``init`` picks the weights: ``"spread"`` (:func:`randomize_weights`: every input visibly changes
+    the output, for parity and loading tests) or ``"trainable"`` (transformers' own initialisation,
+    seeded: small weights, unit norms, zero biases, a model that learns well from scratch).
     """
+    if init not in ("spread", "trainable"):
+        raise ValueError(f"init must be 'spread' or 'trainable', got {init!r}")
     architecture = copy.deepcopy(architecture or TINY_ARCHITECTURE)
     text = dict(architecture["text"])
     if tokenizer is not None:
@@ -99,11 +106,13 @@ def build_tiny_checkpoint(
         "num_query_tokens": architecture.get("num_query_tokens", 32),
         "image_token_index": image_token_index,
     }
+    torch.manual_seed(seed)
     if qformer_text_input:
         model = InstructBlipForConditionalGeneration(InstructBlipConfig(**fields))
     else:
         model = Blip2ForConditionalGeneration(Blip2Config(**fields))
-    randomize_weights(model, seed)
+    if init == "spread":
+        randomize_weights(model, seed)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     if tokenizer is not None:

@@ -29,7 +29,10 @@ def architecture_dict(arch: ArchConfig, llm_vocab_size: int, qformer_vocab_size:
     """``model.arch`` in the form :func:`build_tiny_checkpoint` takes (transformers sub-configs)."""
     vision = {"hidden_size": arch.vision_hidden_size, "intermediate_size": arch.vision_intermediate_size,
               "num_hidden_layers": arch.vision_layers, "num_attention_heads": arch.vision_heads,
-              "image_size": arch.image_size, "patch_size": arch.patch_size}
+              "image_size": arch.image_size, "patch_size": arch.patch_size,
+              # InstructBLIP's vision default (1e-10) suits loading pre-trained weights, not training
+              # a tiny tower from scratch: its outputs would be ~1e-6 and images would carry no signal.
+              "initializer_range": 0.02}
     qformer = {"hidden_size": arch.qformer_hidden_size, "intermediate_size": arch.qformer_intermediate_size,
                "num_hidden_layers": arch.qformer_layers, "num_attention_heads": arch.qformer_heads,
                "cross_attention_frequency": arch.cross_attention_frequency, "vocab_size": qformer_vocab_size,
@@ -83,7 +86,7 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
         architecture = architecture_dict(arch, arch.llm_vocab_size or len(llm_tok) + 1,
                                          arch.qformer_vocab_size or len(qformer_tok))
         build_tiny_checkpoint(tmp / "model", architecture, tokenizer=llm_tok, qformer_tokenizer=qformer_tok,
-                              seed=cfg.run.seed)
+                              seed=cfg.run.seed, init="trainable")
         BlipImageProcessor(size={"height": arch.image_size, "width": arch.image_size},
                            image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(tmp / "model")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rablip.data.kb import KBStore
 from rablip.data.records import KBItem, QAExample
 from rablip.data.splits import load_split
 from rablip.evaluation.retrieval_metrics import retrieval_scores
-from rablip.models.factory import build_retrieval_encoder, processor_dirs
+from rablip.models.factory import QFORMER_TOKENIZER_DIR, build_retrieval_encoder, processor_dirs
 from rablip.retrieval.batches import RetrievalBatcher
 from rablip.retrieval.embed import embed_item_batches, embed_questions
 from rablip.training.objectives import RetrievalPretrainingLoss
@@ -34,6 +35,8 @@ from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.pretrain")
+GENERATOR_DIR = "generator"
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "generation_config.json")
 
 
 @dataclass
@@ -141,12 +144,25 @@ def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore
     return evaluate
 
 
+def export_generator(generator: torch.nn.Module, out: Path) -> None:
+    """Save the generator (sharing the encoder's trained vision model, query tokens and Q-Former) as a
+    full checkpoint with its base checkpoint's tokenizers and image processor beside it."""
+    base = Path(generator.config.base_checkpoint)
+    generator.save_pretrained(str(out))
+    for entry in base.iterdir():
+        if entry.name == QFORMER_TOKENIZER_DIR:
+            shutil.copytree(entry, out / entry.name)
+        elif entry.is_file() and (entry.name in PROCESSOR_FILES or entry.name.startswith(("tokenizer", "special_"))):
+            shutil.copy2(entry, out / entry.name)
+
+
 def pretrain(cfg: Config) -> int:
     accelerator, run_dir, generator = start_stage(cfg)
     qformer_dir, _, image_dir = processor_dirs(generator)
     batcher = RetrievalBatcher.from_pretrained(qformer_dir, image_dir, cfg.data.qformer_max_length)
     encoder = build_retrieval_encoder(cfg, generator)
-    del generator  # the LLM is not needed here
+    if not cfg.model.export_generator:
+        del generator  # the LLM is not needed here
     trainable = set(cfg.model.trainable)
     for name, module in (("vision_model", encoder.vision_model), ("qformer", encoder.qformer)):
         module.requires_grad_(name in trainable)
@@ -164,6 +180,8 @@ def pretrain(cfg: Config) -> int:
 
     def save_final(m: torch.nn.Module, out: Path) -> None:
         m.encoder.save_pretrained(out)
+        if cfg.model.export_generator:
+            export_generator(generator, out / GENERATOR_DIR)
 
     task = TrainTask(model=model, dataset=PairDataset(cfg, pairs, kb), collate=make_collate(batcher),
                      loss=make_loss(cfg), save_final=save_final, evaluate=evaluate)
