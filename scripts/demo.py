@@ -7,7 +7,9 @@ each as a subprocess with its log in ``DIR/logs/``:
 
 1. make the synthetic world (``scripts/make_synthetic.py``); the tokenizers and the tiny generator
    checkpoint are trained/built by the first stage that needs them;
-2. pre-train the Q-Former and fusion encoder (``run_pretrain.py``);
+2. pre-train the vision encoder, Q-Former and fusion encoder (``run_pretrain.py``)
+   (``model.export_generator``: the generator with the pre-trained vision encoder, query tokens
+   and Q-Former is saved for fine-tuning to start from, as BLIP-2's second stage does);
 3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
    with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
 4. fine-tune three generators from the same pre-trained encoder (``run_finetune.py``):
@@ -141,7 +143,8 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     for variant, overrides in VARIANTS.items():
         checkpoint = f"eval.checkpoint={out / f'finetune_{variant}' / 'final'}"
         source = [o for o in overrides if o.startswith("retrieval.source")]
-        jobs.append(Job(f"finetune_{variant}", stage("run_finetune.py", "finetune", f"finetune_{variant}",
+        start = f"model.checkpoint={out / 'pretrain' / 'final' / 'generator'}"
+        jobs.append(Job(f"finetune_{variant}", stage("run_finetune.py", "finetune", f"finetune_{variant}", start,
                                                      *overrides, *finetune), ["index"]))
         jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *source),
                         [f"finetune_{variant}"]))
@@ -225,12 +228,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entities", type=int, default=96)
-    parser.add_argument("--out", default="runs/demo", help="output directory (must be empty or absent)")
+    parser.add_argument("--out", default=None,
+                        help="output directory, empty or absent (default: runs/demo/<date-time>)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="jobs run at once")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="override the pre-training steps")
     parser.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tuning steps")
     args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
+    out = Path(args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and any(out.iterdir()):
         raise RablipError(f"--out {out} is not empty; choose a new directory (or delete this one).")
     started = time.time()

@@ -46,7 +46,8 @@ def test_missing_config_file_exits_2(tmp_path):
     assert result.returncode == 2 and "not found" in result.stderr
 
 
-def test_demo_prints_resolved_synthetic_config():
-    result = run("scripts/demo.py", "--entities", "12", "--out", "/tmp/rablip-demo-test")
-    assert result.returncode == 0, result.stderr
-    assert "synthetic_finetune.yaml (resolved)" in result.stdout and "entities: 12" in result.stdout
+def test_demo_refuses_a_non_empty_output_dir_and_leaves_it_alone(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = run("scripts/demo.py", "--entities", "12", "--out", str(tmp_path))
+    assert result.returncode == 2 and "is not empty" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
