@@ -50,9 +50,13 @@ def ranked_candidates(cfg: Config, examples: Sequence[QAExample], split: str, ru
     missing = [ex.id for ex in examples if ex.id not in results]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        where = cfg.retrieval.static_file if source == "static" else "the retrieval cache"
+        if source == "static":
+            where, fix = (cfg.retrieval.static_file, f"point retrieval.static_file at the results of data.{split} "
+                          "or write results for every one of its questions")
+        else:
+            where, fix = "the retrieval cache", "retrieve for this split again"
         raise ConfigError(f"{len(missing)} question(s) of data.{split} have no retrieval results in {where} "
-                          f"({shown}); retrieve for this split again.")
+                          f"({shown}); {fix}.")
     return {ex.id: [(item_id, float(score)) for item_id, score in results[ex.id]] for ex in examples}
 
 

@@ -213,14 +213,17 @@ def evaluate(cfg: Config) -> int:
     with accelerator.main_process_first():
         run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
         prepare_data(cfg)
-        model = load_generator(cfg, cfg.eval.checkpoint or None)
-    model.to(accelerator.device).eval()
     split = cfg.eval.split
     examples = load_split(cfg.data, split)
+    # References before the generator: a bad retrieval file or index is reported without waiting for
+    # the model, and a live retriever's encoder and index are freed before the generator is loaded.
+    ranked = ranked_candidates(cfg, examples, split, run_dir)
+    with accelerator.main_process_first():
+        model = load_generator(cfg, cfg.eval.checkpoint or None)
+    model.to(accelerator.device).eval()
     k = cfg.retrieval.k if cfg.retrieval.source != "none" else 0
     sweep = sorted({k, *cfg.eval.k_sweep}) if cfg.retrieval.source != "none" else [0]
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None) if max(sweep) > 0 else None
-    ranked = ranked_candidates(cfg, examples, split, run_dir)
     collator = build_collator(cfg, model, max(sweep), mode="generate")
     answer = Answerer(cfg, model, collator, kb)
     noisy = NoisyReferences(kb, cfg.eval.noisy_fraction, cfg.run.seed) if kb and cfg.eval.noisy_fraction else None

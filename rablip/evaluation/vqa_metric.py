@@ -147,7 +147,8 @@ class VQAQuestion:
     question_type: str
     answer_type: str
     answers: list[str]
-    answer_identities: list[str]
+    answer_identities: list[str] | None
+    """The rest of each answer record (JSON); None when all differ, which scores the same as keeping them."""
 
 
 def load_vqa_annotations(questions_path: PathLike, annotations_path: PathLike) -> list[VQAQuestion]:
@@ -172,9 +173,10 @@ def load_vqa_annotations(questions_path: PathLike, annotations_path: PathLike) -
             answers.append(answer["answer"])
             rest = {key: value for key, value in answer.items() if key != "answer"}
             identities.append(json.dumps(rest, sort_keys=True))
-        questions.append(
-            VQAQuestion(question_id, record["question_type"], record["answer_type"], answers, identities)
-        )
+        # Identities change a score only when two records of a question are equal; holding them for
+        # every question would keep ten strings per question of a large split in memory for nothing.
+        kept = identities if len(set(identities)) < len(identities) else None
+        questions.append(VQAQuestion(question_id, record["question_type"], record["answer_type"], answers, kept))
     if seen != question_ids:
         only_annotated = sorted(seen - question_ids)[:5]
         only_asked = sorted(question_ids - seen)[:5]

@@ -11,9 +11,9 @@ measured step in its own child process (so peak memory is that step's alone):
 - lookups, baseline: ``load_from_disk``, a Python dict from id to row, the same lookups.
 
 Peak memory is the largest resident set size of the child and its descendants, polled every
-20 ms with psutil, or the child's own ``ru_maxrss`` when larger; the anonymous part (RSS less
-file-backed pages such as memory-mapped Arrow files, which the kernel can drop) is reported
-beside it. Prints a Markdown table.
+20 ms with psutil, or the child's own high-water mark when larger (see ``peak_memory.py``); the
+anonymous part (RSS less file-backed pages such as memory-mapped Arrow files, which the kernel
+can drop) is reported beside it. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -21,41 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import kb_item_id as item_id  # noqa: E402
+from peak_memory import run_measured  # noqa: E402
+from peak_memory import write_text_kb_jsonl as write_jsonl  # noqa: E402
 
 GET_MANY_SIZE = 64
 GET_MANY_REPEATS = 150
-_WORDS = (
-    "river mountain castle bridge tower museum painting century king queen battle city island "
-    "forest temple harbour station railway engine ocean desert glacier volcano cathedral garden "
-    "library university festival dynasty empire republic village market statue fountain palace"
-).split()
-
-
-def item_id(index: int) -> str:
-    """The id of the ``index``-th generated item."""
-    return f"kb-{index:08d}"
-
-
-def write_jsonl(path: Path, count: int, seed: int) -> None:
-    """``count`` text items of about 30 words each, in rablip's generic KB JSONL format."""
-    rng = random.Random(seed)
-    with path.open("w", encoding="utf-8") as handle:
-        for index in range(count):
-            words = rng.choices(_WORDS, k=30)
-            record = {"id": item_id(index), "title": f"{words[0].title()} {index}", "text": " ".join(words)}
-            handle.write(json.dumps(record) + "\n")
-
-
 def _sample_ids(count: int, lookups: int, seed: int) -> list[str]:
     rng = random.Random(seed + 1)
     return [item_id(rng.randrange(count)) for _ in range(lookups)]
@@ -146,25 +125,12 @@ def child_lookups_baseline(work: Path, ids: list[str]) -> dict:
 
 def run_child(step: str, work: Path, extra: list[str]) -> dict:
     """Run one step in a child process; its result plus its peak memory in MiB."""
-    command = [sys.executable, __file__, "--child", step, "--work", str(work), *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    watched = psutil.Process(process.pid)
-    peak_bytes = peak_anon_bytes = 0
-    while process.poll() is None:
-        try:
-            memory = [p.memory_info() for p in (watched, *watched.children(recursive=True))]
-            peak_bytes = max(peak_bytes, sum(m.rss for m in memory))
-            # On Linux ``shared`` is the file-backed part of RSS (memory-mapped Arrow files, libraries).
-            peak_anon_bytes = max(peak_anon_bytes, sum(m.rss - m.shared for m in memory))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    output = process.stdout.read() if process.stdout else ""
-    if process.returncode != 0:
-        raise SystemExit(f"step {step} failed with exit code {process.returncode}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["peak_mib"] = max(peak_bytes / 2**20, result.pop("ru_maxrss_kib") / 1024)
-    result["peak_anon_mib"] = peak_anon_bytes / 2**20
+    measured = run_measured([sys.executable, __file__, "--child", step, "--work", str(work), *extra])
+    if measured.returncode != 0:
+        raise SystemExit(f"step {step} failed with exit code {measured.returncode}")
+    result = json.loads(measured.stdout.strip().splitlines()[-1])
+    result["peak_mib"] = measured.peak_mib
+    result["peak_anon_mib"] = measured.peak_anon_mib
     return result
 
 
@@ -215,7 +181,6 @@ def main() -> None:
             "lookups-baseline": lambda: child_lookups_baseline(work, ids),
         }
         result = steps[args.child]()
-        result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(result))
         return
 

@@ -114,6 +114,19 @@ def test_totals_rounding_and_missing(tmp_path):
     assert scores["metric"]["lemmatize"] is False
 
 
+def test_equal_answer_records_in_a_file_are_left_out_together(tmp_path):
+    qpath, apath = _write_vqa(tmp_path, [(1, "one", "other", ["cat"] * 3 + ["dog"] * 7),
+                                         (2, "one", "other", ["cat"] * 3 + ["dog"] * 7)])
+    document = json.loads(apath.read_text())
+    document["annotations"][1]["answers"][1]["answer_id"] = 1  # question 2: records 0 and 1 are now equal
+    apath.write_text(json.dumps(document))
+    loaded = load_vqa_annotations(qpath, apath)
+    assert loaded[0].answer_identities is None, "distinct records need no identities"
+    scores = score_vqa(loaded, {1: "cat", 2: "cat"})["per_question"]
+    assert scores["1"] == 90.0
+    assert scores["2"] == round(100 * (1 / 3 + 1 / 3 + 2 / 3 + 7) / 10, 2)
+
+
 def test_lemmatize_option(tmp_path):
     qpath, apath = _write_vqa(tmp_path, [(1, "one", "other", ["dog"] * 5 + ["puppy"] * 5)])
     loaded = load_vqa_annotations(qpath, apath)

@@ -7,8 +7,8 @@ A few cases run as real subprocesses too (:func:`test_real_processes_exit_2_with
 To add a case: write a builder that creates the bad files under ``tmp`` and returns the argv, and
 add a :class:`BadInput` row to :data:`CASES`.
 
-run_eval.py cases (bad prediction targets, a split without images, ...) are to be added once its
-stage (rablip/evaluation/run.py) exists; rablip-score covers the prediction files meanwhile.
+``run_eval.py`` cases use the same tiny world: a foreign checkpoint, an index of another encoder,
+static retrieval files that are malformed or miss questions, and settings that contradict each other.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from tests.evaluation.test_score_cli import _vqa_files
 from tests.reliability.conftest import FINETUNE_CONFIG, ROOT, FinetuneWorld, entry_main
 
 BASE_CONFIG = str(ROOT / "configs" / "base.yaml")
+EVAL_CONFIG = ROOT / "configs" / "experiment" / "synthetic_eval.yaml"
 RUN_DIR_FILES = ("run", "run/config.yaml", "run/checkpoints")
 """What a run that failed on its data may leave: its run directory with the resolved config."""
+EVAL_RUN_DIR_FILES = ("run", "run/config.yaml")
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,17 @@ def image_not_an_image(tmp: Path, world: FinetuneWorld) -> list[str]:
     return _okvqa_args(tmp, world, None, _damaged_images(tmp, world, lambda p: p.write_text("<html>moved</html>")))
 
 
-def checkpoint_of_another_architecture(tmp: Path, world: FinetuneWorld) -> list[str]:
+def _foreign_checkpoint(tmp: Path, world: FinetuneWorld) -> Path:
     """The generator's config with the weights of an OPT model."""
     opt = build_tiny_checkpoint(tmp / "opt", tiny_architecture("opt"), seed=2)
     foreign = shutil.copytree(world.checkpoint, tmp / "foreign")
     shutil.copy(opt / "model.safetensors", foreign / "model.safetensors")
     shutil.rmtree(opt)
-    return world.args(tmp / "run", f"model.checkpoint={foreign}")
+    return foreign
+
+
+def checkpoint_of_another_architecture(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return world.args(tmp / "run", f"model.checkpoint={_foreign_checkpoint(tmp, world)}")
 
 
 # --- knowledge base (scripts/build_kb.py) -------------------------------------------------------
@@ -289,6 +295,77 @@ def webqa_missing_answer(tmp: Path) -> list[str]:
     return ["webqa", "--data", str(tmp / "webqa.json"), "--predictions", str(tmp / "predictions.json")]
 
 
+# --- evaluation (run_eval.py) -------------------------------------------------------------------
+
+def _eval_args(tmp: Path, world: FinetuneWorld, *extra: str) -> list[str]:
+    """``run_eval.py`` arguments answering the world's test split with its base generator."""
+    return ["--config", str(EVAL_CONFIG), "data.synthetic.entities=12", f"data.synthetic.world_dir={world.world_dir}",
+            f"model.checkpoint={world.checkpoint}", f"eval.checkpoint={world.checkpoint}", "eval.batch_size=4",
+            "eval.k_sweep=[]", "eval.report=false", f"run.output_dir={tmp / 'run'}", *extra]
+
+
+def _test_question_ids(world: FinetuneWorld) -> list[str]:
+    questions = json.loads((world.world_dir / "OpenEnded_mscoco_test2014_questions.json").read_text())["questions"]
+    return [str(q["question_id"]) for q in questions]
+
+
+def _static_args(tmp: Path, world: FinetuneWorld, content: str) -> list[str]:
+    path = _write(tmp / "retrieval.jsonl", content)
+    return _eval_args(tmp, world, "retrieval.source=static", f"retrieval.static_file={path}")
+
+
+def eval_checkpoint_of_another_architecture(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _eval_args(tmp, world, f"eval.checkpoint={_foreign_checkpoint(tmp, world)}", "retrieval.source=gold")
+
+
+def eval_index_of_another_encoder(tmp: Path, world: FinetuneWorld) -> list[str]:
+    """An index encoded with one retrieval encoder, queried with another."""
+    import torch
+
+    from rablip.config import load_config
+    from rablip.models.factory import build_retrieval_encoder, load_generator
+    from rablip.retrieval.encode_run import encode_knowledge_base
+
+    argv = _eval_args(tmp, world, "retrieval.source=index", f"retrieval.index_dir={tmp / 'index'}",
+                      f"model.fusion.checkpoint={tmp / 'encoder_a'}", "retrieval.shard_rows=16")
+    cfg = load_config(argv[1], argv[2:])
+    generator = load_generator(cfg, world.checkpoint)
+    for seed, name in ((0, "encoder_a"), (1, "encoder_b")):
+        torch.manual_seed(seed)
+        build_retrieval_encoder(cfg, generator).save_pretrained(tmp / name)
+    encode_knowledge_base(cfg, show_progress=False)
+    return [*argv, f"model.fusion.checkpoint={tmp / 'encoder_b'}"]
+
+
+def eval_static_retrieval_missing_questions(tmp: Path, world: FinetuneWorld) -> list[str]:
+    kept = _test_question_ids(world)[:-3]
+    return _static_args(tmp, world, _jsonl(*({"id": qid, "items": [{"id": "kb-txt-e0000", "score": 0.5}]}
+                                             for qid in kept)))
+
+
+def eval_static_retrieval_malformed(tmp: Path, world: FinetuneWorld) -> list[str]:
+    first = _test_question_ids(world)[0]
+    return _static_args(tmp, world, _jsonl({"id": first, "items": []}) + '{"id": "2", "items": [\n')
+
+
+def eval_static_retrieval_item_without_score(tmp: Path, world: FinetuneWorld) -> list[str]:
+    first, second = _test_question_ids(world)[:2]
+    return _static_args(tmp, world, _jsonl({"id": first, "items": []}, {"id": second, "items": [{"id": "kb-txt-e0000"}]}))
+
+
+def eval_static_file_missing(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _eval_args(tmp, world, "retrieval.source=static", f"retrieval.static_file={tmp / 'nope.jsonl'}")
+
+
+def eval_retrieval_only_with_gold(tmp: Path, world: FinetuneWorld) -> list[str]:
+    return _eval_args(tmp, world, "eval.retrieval_only=true", "retrieval.source=gold")
+
+
+def eval_image_missing(tmp: Path, world: FinetuneWorld) -> list[str]:
+    (tmp / "images" / "test2014").mkdir(parents=True)
+    return _eval_args(tmp, world, "retrieval.source=gold", f"data.test.image_root={tmp / 'images'}")
+
+
 # --- indexes (python -m rablip.retrieval.search, scripts/build_index.py) -----------------------
 
 def _index(tmp: Path, fingerprint: str = "encoder-A") -> tuple[Path, list[str]]:
@@ -327,6 +404,7 @@ def embeddings_pickled(tmp: Path) -> list[str]:
 
 ENTRY_POINTS: dict[str, Callable[[], Callable[[list[str]], int | None]]] = {
     "finetune": lambda: entry_main("run_finetune.py"),
+    "eval": lambda: entry_main("run_eval.py"),
     "build_kb": lambda: entry_main("scripts/build_kb.py"),
     "build_index": lambda: entry_main("scripts/build_index.py"),
     "score": lambda: score_main,
@@ -398,6 +476,26 @@ CASES = [
              ("{tmp}/predictions.jsonl", "line 2")),
     BadInput("WebQA prediction missing its answer", "score", webqa_missing_answer,
              ("{tmp}/predictions.json", "'answer'")),
+    # evaluation
+    BadInput("eval: checkpoint of another architecture", "eval", eval_checkpoint_of_another_architecture,
+             ("{tmp}/foreign", "missing", "unexpected", "language_model."), EVAL_RUN_DIR_FILES,
+             needs_world=True, one_line=False),
+    BadInput("eval: index from another encoder", "eval", eval_index_of_another_encoder,
+             ("{tmp}/index/", "built from embeddings of encoder", "Re-encode the knowledge base"), EVAL_RUN_DIR_FILES,
+             needs_world=True),
+    BadInput("eval: static retrieval file missing questions", "eval", eval_static_retrieval_missing_questions,
+             ("{tmp}/retrieval.jsonl", "3 question(s) of data.test", "point retrieval.static_file at"),
+             EVAL_RUN_DIR_FILES, needs_world=True),
+    BadInput("eval: malformed static retrieval file", "eval", eval_static_retrieval_malformed,
+             ("{tmp}/retrieval.jsonl", "line 2", "malformed JSON"), EVAL_RUN_DIR_FILES, needs_world=True),
+    BadInput("eval: static retrieval item without a score", "eval", eval_static_retrieval_item_without_score,
+             ("{tmp}/retrieval.jsonl", "line 2", "\"score\""), EVAL_RUN_DIR_FILES, needs_world=True),
+    BadInput("eval: static retrieval file missing", "eval", eval_static_file_missing,
+             ("{tmp}/nope.jsonl", "not found"), EVAL_RUN_DIR_FILES, needs_world=True),
+    BadInput("eval: retrieval_only with gold references", "eval", eval_retrieval_only_with_gold,
+             ("eval.retrieval_only", "retrieval.source", "'gold'"), needs_world=True),
+    BadInput("eval: question image missing", "eval", eval_image_missing,
+             ("{tmp}/images/test2014/COCO_test2014_", "does not exist"), EVAL_RUN_DIR_FILES, needs_world=True),
     # indexes
     BadInput("index from another encoder", "search", index_of_another_encoder,
              ("{tmp}/index", "encoder-A", "encoder-B")),
@@ -449,9 +547,11 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["run_finetune.py", "--config", str(FINETUNE_CONFIG), "train.lrr=1"],
+    ["run_eval.py", "--config", str(EVAL_CONFIG), "eval.retrieval_only=true", "retrieval.source=gold",
+     "run.output_dir={tmp}/run"],
     ["-m", "rablip.evaluation.cli", "okvqa", "--questions", "{tmp}/q.json", "--annotations", "{tmp}/q.json",
      "--predictions", "{tmp}/q.json"],
-], ids=["run_finetune", "rablip-score"])
+], ids=["run_finetune", "run_eval", "rablip-score"])
 def test_real_processes_exit_2_without_traceback(command, tmp_path):
     _write(tmp_path / "q.json", b'{"questions": [\xff')
     result = subprocess.run([sys.executable, *(part.format(tmp=tmp_path) for part in command)], cwd=ROOT,
