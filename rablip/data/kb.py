@@ -49,6 +49,8 @@ KB_FEATURES = datasets.Features(
 )
 _ID_BATCH_ROWS = 65_536
 _WRITE_BATCH_ROWS = 10_000
+DATA_FILE = "items.arrow"
+"""The store's data: one Arrow stream file, memory-mapped when the store is opened."""
 _WRITE_BATCH_BYTES = 64 * 2**20
 
 
@@ -189,6 +191,7 @@ def _manifest(count: int, started: float, source_name: str, root: Path | None) -
         "source": source_name,
         "kb_root": str(root) if root is not None else None,
         "id_index": {"hash": ID_HASH_NAME, "hashes_file": HASHES_FILE, "rows_file": ROWS_FILE},
+        "data_file": DATA_FILE,
         "columns": list(KB_FEATURES),
     }
 
@@ -222,7 +225,7 @@ def build_kb_store(
     try:
         built_dir = work_dir / "store"
         with _datasets_progress_bars_off():
-            dataset = _write_rows(items, work_dir / "items.arrow", root, where, total, show_progress)
+            dataset = _write_rows(items, work_dir / DATA_FILE, root, where, total, show_progress)
             if len(dataset) == 0:
                 raise DataError(f"{where}: no items to store; check the input file and its format.")
             id_column = dataset.select_columns(["id"])
@@ -232,12 +235,16 @@ def build_kb_store(
                 lambda row: id_column[row]["id"],
                 where,
             )
-            dataset.save_to_disk(str(built_dir))
+            # The Arrow file written above becomes the store's data file as it is: its record batches
+            # hold up to _WRITE_BATCH_ROWS rows. (datasets' save_to_disk would rewrite it in batches
+            # of 100 rows for a binary column, and opening a store costs memory per batch.)
+            built_dir.mkdir()
+            os.replace(work_dir / DATA_FILE, built_dir / DATA_FILE)
         index.save(built_dir)
         # The manifest is written last: its presence is what marks a store as complete.
         atomic_write_json(built_dir / MANIFEST_NAME, _manifest(len(dataset), started, source_name, root))
         # atomic_write_json creates the file 0600 (mkstemp); give it the data files' permissions.
-        os.chmod(built_dir / MANIFEST_NAME, (built_dir / "state.json").stat().st_mode & 0o777)
+        os.chmod(built_dir / MANIFEST_NAME, (built_dir / DATA_FILE).stat().st_mode & 0o777)
         _move_into_place(built_dir, out_dir, work_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -298,7 +305,11 @@ class KBStore:
         directory = Path(directory)
         manifest = _read_manifest(directory)
         try:
-            dataset = datasets.load_from_disk(str(directory), keep_in_memory=False)
+            data_file = manifest.get("data_file")
+            if data_file:
+                dataset = datasets.Dataset.from_file(str(directory / data_file))
+            else:  # a store written with datasets' save_to_disk layout
+                dataset = datasets.load_from_disk(str(directory), keep_in_memory=False)
             index = IdIndex.load(directory)
         except (OSError, ValueError) as err:
             raise DataError(f"knowledge-base store {directory} cannot be read ({err}); rebuild it.") from None

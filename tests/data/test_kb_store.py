@@ -275,3 +275,36 @@ def test_build_kb_script_builds_and_reports_user_errors(tmp_path, capsys):
     assert script["main"](["--config", str(config), f"data.kb.store_dir={tmp_path / 'good'}"]) == 0
     assert "1 items" in capsys.readouterr().out
     assert KBStore.open(tmp_path / "good")["a"].text == "alpha"
+
+
+def test_data_file_keeps_large_record_batches_and_binary_rows(tmp_path):
+    # Opening a store costs memory per Arrow record batch; images force datasets' save_to_disk down
+    # to 100-row batches, so the store keeps the batches it wrote (up to 10,000 rows).
+    import pyarrow as pa
+
+    png = base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    items = [KBItem(f"i{n}", "image+text" if n % 3 == 0 else "text", png if n % 3 == 0 else None, f"text {n}")
+             for n in range(2500)]
+    store_dir = _build(items, tmp_path)
+    with pa.OSFile(str(store_dir / "items.arrow"), "rb") as source:
+        batches = list(pa.ipc.open_stream(source))
+    assert len(batches) == 1 and batches[0].num_rows == 2500
+    store = KBStore.open(store_dir)
+    assert store["i2498"].text == "text 2498" and store["i2498"].modality == "text"
+    assert store["i0"].image == png
+
+
+def test_a_store_in_the_save_to_disk_layout_still_opens(tmp_path):
+    import datasets
+
+    store_dir = _build(_mixed_items(), tmp_path)
+    old = tmp_path / "old"
+    datasets.Dataset.from_file(str(store_dir / "items.arrow")).save_to_disk(str(old))
+    for name in ("id_hashes.npy", "id_rows.npy"):
+        (old / name).write_bytes((store_dir / name).read_bytes())
+    manifest = json.loads((store_dir / MANIFEST_NAME).read_text())
+    del manifest["data_file"]
+    (old / MANIFEST_NAME).write_text(json.dumps(manifest))
+    new_store, old_store = KBStore.open(store_dir), KBStore.open(old)
+    assert [item.id for item in old_store.get_many(new_store.ids())] == list(new_store.ids())
