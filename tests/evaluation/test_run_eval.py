@@ -81,7 +81,7 @@ def test_eval_with_the_live_index_reports_retrieval_metrics(tmp_path):
         eval_cfg = load_config(str(ROOT / EVAL_CONFIG), [
             f"data.synthetic.world_dir={tmp_path / 'world'}", "data.synthetic.entities=12", f"run.output_dir={out}",
             f"model.fusion.checkpoint={tmp_path / 'encoder'}", f"retrieval.index_dir={tmp_path / 'index'}",
-            f"eval.checkpoint={tmp_path / 'world' / 'tiny-instructblip-t5'}",
+            f"eval.checkpoint={tmp_path / 'world' / 'tiny-instructblip-llama'}",
             "eval.batch_size=8", "eval.report=false"])
         assert evaluate(eval_cfg) == 0
         only = tmp_path / "retrieval_only"

@@ -76,4 +76,4 @@ def test_metrics_log_loss_parts_with_askg(baseline):
         assert {"step", "loss", "lr", "samples_per_sec", "qa_loss", "askg_loss", "selection_acc"} <= set(record)
         assert record["samples_per_sec"] > 0 and 0.0 <= record["selection_acc"] <= 1.0
         assert record["qa_loss"] > 0 and record["askg_loss"] > 0 and record["loss"] > 0
-    assert records[0]["lr"] == pytest.approx(1e-3 / 4)  # warm-up: step 1 of 4
+    assert records[0]["lr"] == pytest.approx(3e-3 / 4)  # warm-up: step 1 of 4 (train.lr 3e-3)
