@@ -92,7 +92,7 @@ def rebatch_store(store: Path, rows: int) -> None:
     """Rewrite the store's Arrow data files in ``rows``-row record batches (same rows, same order)."""
     import pyarrow as pa
 
-    for path in sorted(store.glob("data-*.arrow")):
+    for path in sorted([*store.glob("data-*.arrow"), *store.glob("items.arrow")]):
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_stream(source).read_all().combine_chunks()
         rewritten = path.with_name(path.name + ".rebatched")
