@@ -41,6 +41,7 @@ from rablip.training.checkpoint import (
 from rablip.training.optim import build_optimizer, set_lr
 from rablip.training.order import StepOrderSampler
 from rablip.training.worker_errors import GuardedDataset, guarded_collate, raise_if_user_error
+from rablip.utils.io import atomic_write_text
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.train")
@@ -145,15 +146,30 @@ class _StopFlag:
 class MetricsLog:
     """Appends one JSON line per record to ``metrics.jsonl`` and mirrors it to wandb when enabled."""
 
-    def __init__(self, cfg: Config, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, enabled: bool, start_step: int = 0) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
         self.wandb = None
+        if enabled and self.path.is_file():
+            self._drop_records_after(start_step)
         if enabled and cfg.log.wandb:
             import wandb
 
             self.wandb = wandb.init(project=cfg.log.wandb_project, mode=cfg.log.wandb_mode, dir=str(run_dir),
                                     name=cfg.run.name or run_dir.name, config=to_dict(cfg), resume="allow")
+
+    def _drop_records_after(self, step: int) -> None:
+        """Keep the records of steps up to ``step`` (where a resumed run continues): a run killed after
+        its last checkpoint logged steps that the resumed run logs again."""
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -229,7 +245,7 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
     loader = DataLoader(GuardedDataset(task.dataset), batch_sampler=sampler, collate_fn=guarded_collate(task.collate),
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
     batches = iter(loader)
-    metrics = MetricsLog(cfg, run_dir, main)
+    metrics = MetricsLog(cfg, run_dir, main, start_step=state.step)
     global_batch = tc.batch_size * accelerator.num_processes * tc.grad_accum
     progress = tqdm(total=tc.max_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
     window: dict[str, float] = {}

@@ -46,6 +46,8 @@ def test_sigkill_after_first_checkpoint_then_resume_is_bit_identical(tmp_path):
     state = json.loads((out / "checkpoints" / f"step-{STEPS:08d}" / "trainer_state.json").read_text())
     assert state["step"] == STEPS and state["micro_steps"] == 2 * STEPS
     assert not list((out / "checkpoints").glob(".tmp-*"))
+    # Steps logged between the checkpoint and the kill are logged again by the resumed run, once.
+    assert [r["step"] for r in metrics_lines(out)] == [r["step"] for r in metrics_lines(reference)]
 
 
 def test_sigterm_saves_current_step_exits_143_and_resumes(tmp_path):
@@ -69,3 +71,18 @@ def test_sigterm_saves_current_step_exits_143_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr and f"step {steps[0]}" in resumed.stderr
     assert final_bytes(out) == final_bytes(reference)
+
+
+def test_metrics_log_drops_the_steps_a_resumed_run_logs_again(tmp_path):
+    from rablip.config import load_config
+    from rablip.training.trainer import MetricsLog
+
+    lines = [json.dumps({"step": step, "loss": 1.0 / step}) for step in range(1, 7)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 7, "lo')  # cut by a kill
+    cfg = load_config(None, [])
+    MetricsLog(cfg, tmp_path, enabled=True, start_step=4)
+    assert [r["step"] for r in metrics_lines(tmp_path)] == [1, 2, 3, 4]
+    MetricsLog(cfg, tmp_path, enabled=False, start_step=0)  # not the main process: leaves the file
+    assert len(metrics_lines(tmp_path)) == 4
+    MetricsLog(cfg, tmp_path, enabled=True, start_step=0)  # a fresh run over an old run dir
+    assert metrics_lines(tmp_path) == []
