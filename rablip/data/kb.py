@@ -243,8 +243,6 @@ def build_kb_store(
         index.save(built_dir)
         # The manifest is written last: its presence is what marks a store as complete.
         atomic_write_json(built_dir / MANIFEST_NAME, _manifest(len(dataset), started, source_name, root))
-        # atomic_write_json creates the file 0600 (mkstemp); give it the data files' permissions.
-        os.chmod(built_dir / MANIFEST_NAME, (built_dir / DATA_FILE).stat().st_mode & 0o777)
         _move_into_place(built_dir, out_dir, work_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +21,12 @@ import numpy as np
 from rablip.errors import RablipError
 from rablip.retrieval.index import Index
 from rablip.utils.cli import run_main
+from rablip.utils.io import atomic_write
 
 
 def save_npy_atomically(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.save(handle, array))
 
 
 def load_queries(path: str | os.PathLike) -> np.ndarray:

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from rablip.errors import DataError
 from rablip.retrieval.idmap import IdMap, check_ids_writable
-from rablip.utils.io import atomic_write_json, read_json
+from rablip.utils.io import atomic_write, atomic_write_json, read_json
 
 MANIFEST_NAME = "shards.json"
 SHARDS_FORMAT = "rablip-embedding-shards"
@@ -41,20 +39,6 @@ _SHARD_NAME = re.compile(r"^shard_(\d{5,})\.npy$")
 def shard_name(shard_index: int) -> str:
     """The base name of shard number ``shard_index``: ``shard_00042``."""
     return f"shard_{shard_index:05d}"
-
-
-def _atomic_replace(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def write_shard(
@@ -84,9 +68,9 @@ def write_shard(
     if len(checked_ids) != embeddings.shape[0]:
         raise DataError(f"{where}: {len(checked_ids)} ids for {embeddings.shape[0]} embedding rows.")
     ids_text = "".join(f"{item_id}\n" for item_id in checked_ids).encode("utf-8")
-    _atomic_replace(directory / f"{name}.ids.txt", lambda handle: handle.write(ids_text))
+    atomic_write(directory / f"{name}.ids.txt", lambda handle: handle.write(ids_text))
     array_path = directory / f"{name}.npy"
-    _atomic_replace(array_path, lambda handle: np.save(handle, np.ascontiguousarray(embeddings)))
+    atomic_write(array_path, lambda handle: np.save(handle, np.ascontiguousarray(embeddings)))
     if update_manifest:
         write_shards_manifest(directory, encoder_fingerprint=encoder_fingerprint)
     return array_path

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rablip.errors import DataError
 
@@ -112,16 +112,17 @@ def read_jsonl(path: PathLike, what: str = "JSONL file") -> list[Any]:
     return list(iter_jsonl(path, what))
 
 
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(handle)`` on a temporary binary file beside ``path`` and rename it onto ``path``, so
+    that readers see either the old file or the whole new one (the temporary file goes on failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would (or the old file's).
         os.chmod(tmp_name, _target_mode(path))
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -129,6 +130,12 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`); newlines are written as given."""
+    data = text.encode(encoding)
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def _target_mode(path: Path) -> int:
