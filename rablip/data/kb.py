@@ -30,7 +30,7 @@ from rablip.data.images import resolve_under_root
 from rablip.data.kb_index import HASHES_FILE, ID_HASH_NAME, ROWS_FILE, IdIndex
 from rablip.data.records import KBItem
 from rablip.errors import DataError, RablipError
-from rablip.utils.io import atomic_write_json
+from rablip.utils.io import atomic_write_json, replace_directory
 
 SCHEMA_VERSION = 1
 """Version of the store layout; a store of another version is refused on open (rebuild it)."""
@@ -166,21 +166,6 @@ def _prepare_target(out_dir: Path, overwrite: bool) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _move_into_place(built_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Rename the finished store onto ``out_dir``; an old store is moved aside, then deleted."""
-    replaced_dir = work_dir / "replaced"
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        out_dir.rename(replaced_dir)
-    elif out_dir.is_dir():
-        out_dir.rmdir()
-    try:
-        built_dir.rename(out_dir)
-    except OSError:
-        if replaced_dir.exists():
-            replaced_dir.rename(out_dir)
-        raise
-
-
 def _manifest(count: int, started: float, source_name: str, root: Path | None) -> dict[str, Any]:
     return {
         "format": STORE_FORMAT,
@@ -243,7 +228,7 @@ def build_kb_store(
         index.save(built_dir)
         # The manifest is written last: its presence is what marks a store as complete.
         atomic_write_json(built_dir / MANIFEST_NAME, _manifest(len(dataset), started, source_name, root))
-        _move_into_place(built_dir, out_dir, work_dir)
+        replace_directory(built_dir, out_dir, work_dir / "replaced")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir

@@ -46,7 +46,7 @@ from rablip.retrieval.index_manifest import (
     verify_manifest,
 )
 from rablip.retrieval.shards import EmbeddingSource, open_embeddings
-from rablip.utils.io import atomic_write_json
+from rablip.utils.io import atomic_write_json, replace_directory
 from rablip.utils.logging import get_logger
 
 _logger = get_logger("rablip.retrieval.index")
@@ -88,18 +88,6 @@ def _resolve_fingerprint(source: EmbeddingSource, given: str | None) -> str:
             "Leave it out to use the recorded one, or index the embeddings of the intended encoder."
         )
     return given if given is not None else recorded
-
-
-def _move_into_place(built: Path, out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists():
-        if not overwrite:
-            raise RablipError(f"{out_dir} already exists; choose another --out or pass overwrite.")
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "index")
-        os.replace(built, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(built, out_dir)
 
 
 def build_index(
@@ -184,7 +172,9 @@ def build_index(
             "build_seconds": round(time.perf_counter() - started, 3),
         }
         atomic_write_json(building / MANIFEST_NAME, manifest)
-        _move_into_place(building, out_dir, overwrite)
+        if out_dir.exists() and not overwrite:
+            raise RablipError(f"{out_dir} already exists; choose another --out or pass overwrite.")
+        replace_directory(building, out_dir, building.with_name(building.name + ".old"))
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise

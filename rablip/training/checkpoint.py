@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rablip.errors import RablipError
-from rablip.utils.io import atomic_write_json
+from rablip.utils.io import atomic_write_json, replace_directory
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
@@ -143,14 +143,8 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         atomic_write_json(tmp / "rng.json", rng_meta, indent=None)
         atomic_write_json(tmp / STATE_FILE, asdict(state))
-        if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a periodic save)
-            aside = final.with_name(ASIDE + final.name)
-            remove_checkpoint(aside)
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            remove_checkpoint(aside)
-        else:
-            os.replace(tmp, final)
+        # A re-save of the same step (e.g. SIGTERM right after a periodic save) moves the old one aside.
+        replace_directory(tmp, final, final.with_name(ASIDE + final.name), remove=remove_checkpoint)
     except OSError as exc:  # disk full, quota, permissions: say where, keep the earlier checkpoints
         shutil.rmtree(tmp, ignore_errors=True)
         raise RablipError(f"cannot write the checkpoint {final}: {exc.strerror or exc}. Earlier checkpoints are "

@@ -42,7 +42,7 @@ from rablip.data.collate import item_has_image
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.errors import ConfigError, RablipError
-from rablip.utils.io import atomic_write_json, read_json
+from rablip.utils.io import atomic_write_json, read_json, replace_directory
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.feature_cache")
@@ -255,15 +255,10 @@ class _Build:
 
 def _move_into_place(work: Path, directory: Path) -> None:
     """Rename the finished build onto ``directory``; an old cache is renamed aside, then deleted."""
-    aside = directory.with_name(directory.name + ".old")
-    shutil.rmtree(aside, ignore_errors=True)
-    if directory.exists():
-        if not (directory / MANIFEST_NAME).is_file() and any(directory.iterdir()):
-            raise ConfigError(f"{directory} is not empty and holds no {MANIFEST_NAME}: it is not a feature cache, so "
-                              "it will not be replaced. Choose another train.feature_cache_dir.")
-        os.replace(directory, aside)
-    os.replace(work, directory)
-    shutil.rmtree(aside, ignore_errors=True)
+    if directory.exists() and not (directory / MANIFEST_NAME).is_file() and any(directory.iterdir()):
+        raise ConfigError(f"{directory} is not empty and holds no {MANIFEST_NAME}: it is not a feature cache, so "
+                          "it will not be replaced. Choose another train.feature_cache_dir.")
+    replace_directory(work, directory, directory.with_name(directory.name + ".old"))
 
 
 def build_feature_cache(directory: str | os.PathLike, model: torch.nn.Module, image_processor: Any, kb: KBStore,

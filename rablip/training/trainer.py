@@ -41,7 +41,7 @@ from rablip.training.checkpoint import (
 from rablip.training.optim import build_optimizer, set_lr
 from rablip.training.order import StepOrderSampler
 from rablip.training.worker_errors import GuardedDataset, guarded_collate, raise_if_user_error
-from rablip.utils.io import atomic_write_text
+from rablip.utils.io import atomic_write_text, replace_directory
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.train")
@@ -390,14 +390,10 @@ def _save_final(task: TrainTask, model: torch.nn.Module, final_dir: Path) -> Non
     tmp = final_dir.with_name(f".tmp-{final_dir.name}")
     aside = final_dir.with_name(f".old-{final_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(aside, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         task.save_final(model, tmp)
-        if final_dir.exists():
-            os.replace(final_dir, aside)
-        os.replace(tmp, final_dir)
+        replace_directory(tmp, final_dir, aside)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(aside, ignore_errors=True)

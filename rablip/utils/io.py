@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -136,6 +137,34 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`); newlines are written as given."""
     data = text.encode(encoding)
     atomic_write(path, lambda handle: handle.write(data))
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_directory(built: PathLike, target: PathLike, aside: PathLike,
+                      remove: Callable[[Path], None] = _remove_tree) -> None:
+    """Rename the finished directory ``built`` onto ``target``.
+
+    An existing ``target`` is renamed to ``aside`` first and deleted (with ``remove``) only once
+    ``built`` is in place, so a process killed at any point leaves a whole directory, old or new, at
+    ``target`` or at ``aside``. A leftover ``aside`` is removed before; if the last rename fails, the
+    old directory is put back.
+    """
+    built, target, aside = Path(built), Path(target), Path(aside)
+    remove(aside)
+    had_old = target.exists()
+    if had_old:
+        os.replace(target, aside)
+    try:
+        os.replace(built, target)
+    except OSError:
+        if had_old:
+            os.replace(aside, target)
+        raise
+    if had_old:
+        remove(aside)
 
 
 def _target_mode(path: Path) -> int:
