@@ -31,13 +31,7 @@ VOCAB = 100
 NUM_QUERIES = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add contention on shared CPUs (seen 10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build_tiny_encoder(seed: int = 0, **fusion_kwargs) -> MultimodalRetrievalEncoder:

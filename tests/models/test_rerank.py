@@ -8,14 +8,7 @@ import torch
 from rablip.models.rerank import FusionReranker, apply_order, reorder_by_scores
 from tests.models.test_fusion import build_tiny_encoder, item_batch, query_batch
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add contention on shared CPUs (seen 10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _candidates(k: int, batch_size: int) -> dict[str, torch.Tensor]:

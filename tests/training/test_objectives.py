@@ -25,13 +25,7 @@ from rablip.training.objectives import (
 # that the spawned gloo workers (which re-import this module) start with torch only.
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add contention on shared CPUs (seen 10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_contrastive_loss_matches_hand_computed_2x2():
