@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from rablip.config.load import to_dict
@@ -178,9 +179,16 @@ def index_recipe(cfg: Config) -> dict | None:
             "layout_sha256": layout_checksum(cfg.retrieval.index_dir)}
 
 
-def evaluate_retrieval_only(cfg: Config, started: float) -> int:
-    """``eval.retrieval_only``: the configured retriever's metrics on the split, no generator loaded."""
-    if cfg.retrieval.source not in ("index", "static"):
+def retrieval_metrics(cfg: Config, ranked: Ranked, examples: Sequence[QAExample]) -> dict[str, float]:
+    """recall@1/5/10, precision@1/5/10, MRR (and WebQA retrieval F1 of the top 2) of the references."""
+    return evaluate_retrieval(ranked, examples, cfg.data.dataset, ks=(1, 5, 10), chosen_k=2)
+
+
+def evaluate(cfg: Config) -> int:
+    """Answer ``data.<eval.split>``, write official-format predictions, ``metrics.json`` and ``report.html``;
+    with ``eval.retrieval_only``, score the configured retriever alone (no generator is loaded)."""
+    started = time.time()
+    if cfg.eval.retrieval_only and cfg.retrieval.source not in ("index", "static"):
         raise ConfigError(f"eval.retrieval_only scores a retriever: set retrieval.source to index or static "
                           f"(it is {cfg.retrieval.source!r}).")
     accelerator = make_accelerator(cfg)
@@ -188,36 +196,36 @@ def evaluate_retrieval_only(cfg: Config, started: float) -> int:
         run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
         prepare_data(cfg)
     examples = load_split(cfg.data, cfg.eval.split)
+    # References before the generator: a bad retrieval file or index is reported without waiting for
+    # the model, and a live retriever's encoder and index are freed before the generator is loaded.
     ranked = ranked_candidates(cfg, examples, cfg.eval.split, run_dir)
-    if accelerator.is_main_process:
-        metrics = {"dataset": cfg.data.dataset, "split": cfg.eval.split, "num_questions": len(examples),
-                   "retrieval": evaluate_retrieval(ranked, examples, cfg.data.dataset, ks=(1, 5, 10), chosen_k=2),
-                   "recipe": {"config": to_dict(cfg), "index": index_recipe(cfg),
-                              "references": {"source": cfg.retrieval.source,
-                                             "instruct_queries": cfg.retrieval.instruct_queries}},
-                   "wall_seconds": round(time.time() - started, 2)}
-        atomic_write_json(run_dir / METRICS_FILE, metrics)
-        shown = ", ".join(f"{key} {value:.2f}" for key, value in metrics["retrieval"].items() if "@" in key)
-        log.info("retrieval on %s: %s (%s)", cfg.eval.split, shown, run_dir / METRICS_FILE)
+    if not cfg.eval.retrieval_only:
+        answer_and_write(cfg, accelerator, run_dir, examples, ranked, started)
+    elif accelerator.is_main_process:
+        write_retrieval_only(cfg, run_dir, examples, ranked, started)
     accelerator.wait_for_everyone()
     end_distributed()
     return 0
 
 
-def evaluate(cfg: Config) -> int:
-    """Answer ``data.<eval.split>``, write official-format predictions, ``metrics.json`` and ``report.html``."""
-    started = time.time()
-    if cfg.eval.retrieval_only:
-        return evaluate_retrieval_only(cfg, started)
-    accelerator = make_accelerator(cfg)
-    with accelerator.main_process_first():
-        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-        prepare_data(cfg)
+def write_retrieval_only(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ranked: Ranked,
+                         started: float) -> None:
+    """``metrics.json`` of ``eval.retrieval_only`` (main process)."""
+    metrics = {"dataset": cfg.data.dataset, "split": cfg.eval.split, "num_questions": len(examples),
+               "retrieval": retrieval_metrics(cfg, ranked, examples),
+               "recipe": {"config": to_dict(cfg), "index": index_recipe(cfg),
+                          "references": {"source": cfg.retrieval.source,
+                                         "instruct_queries": cfg.retrieval.instruct_queries}},
+               "wall_seconds": round(time.time() - started, 2)}
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    shown = ", ".join(f"{key} {value:.2f}" for key, value in metrics["retrieval"].items() if "@" in key)
+    log.info("retrieval on %s: %s (%s)", cfg.eval.split, shown, run_dir / METRICS_FILE)
+
+
+def answer_and_write(cfg: Config, accelerator: Accelerator, run_dir: Path, examples: Sequence[QAExample], ranked: Ranked,
+                     started: float) -> None:
+    """Load the generator, answer the split (and the k sweep) on every process, write on the main one."""
     split = cfg.eval.split
-    examples = load_split(cfg.data, split)
-    # References before the generator: a bad retrieval file or index is reported without waiting for
-    # the model, and a live retriever's encoder and index are freed before the generator is loaded.
-    ranked = ranked_candidates(cfg, examples, split, run_dir)
     with accelerator.main_process_first():
         model = load_generator(cfg, cfg.eval.checkpoint or None)
     model.to(accelerator.device).eval()
@@ -234,9 +242,6 @@ def evaluate(cfg: Config) -> int:
                          for other in sweep if other != k}
     if accelerator.is_main_process:
         write_outputs(cfg, run_dir, examples, answers, sweep_answers, ranked, kb, started)
-    accelerator.wait_for_everyone()
-    end_distributed()
-    return 0
 
 
 def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], answers: list[Answer],
@@ -247,7 +252,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
     log.info("predictions written to %s", path)
     metrics: dict = {"dataset": dataset, "split": cfg.eval.split, "num_questions": len(examples)}
     if cfg.retrieval.source in ("index", "static"):
-        metrics["retrieval"] = evaluate_retrieval(ranked, examples, dataset, ks=(1, 5, 10), chosen_k=2)
+        metrics["retrieval"] = retrieval_metrics(cfg, ranked, examples)
     labelled = is_labelled(dataset, split_cfg, examples)
     per_question: dict[str, float] = {}
     if labelled:
