@@ -85,7 +85,7 @@ class JobRunner:
         self.durations: dict[str, float] = {}
 
     def run(self, jobs: list[Job]) -> None:
-        logs_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
                     "ACCELERATE_USE_CPU": os.environ.get("ACCELERATE_USE_CPU", "true")}
         pending, running = list(jobs), {}
@@ -97,7 +97,7 @@ class JobRunner:
                 pending.remove(job)
                 log = (self.logs / f"{job.name}.log").open("w")
                 print(f"  start  {job.name}", flush=True)
-                process = subprocess.Popen([sys.executable, *job.argv], cwd=ROOT, env=logs_env, stdout=log,
+                process = subprocess.Popen([sys.executable, *job.argv], cwd=ROOT, env=child_env, stdout=log,
                                            stderr=subprocess.STDOUT)
                 running[job.name] = (process, time.time(), log)
             time.sleep(0.2)
