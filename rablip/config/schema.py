@@ -310,9 +310,17 @@ class AskgConfig:
 class NoiseConfig:
     random_snippets: int = 0
     """RORA-VLM noise-resilient training: irrelevant snippets of random entities added per example."""
+    counterfactual: float = 0.0
+    """Share of training examples whose answer, where a reference's text states it, is replaced there and
+    in the target by another training answer of the same kind (same question, else same question and
+    answer type), so the generator learns to read its references instead of recalling facts."""
+    counterfactual_types: list[str] = field(default_factory=list)
+    """Question types that counterfactual swaps apply to (empty: all). Keep out types whose answer the
+    image shows (the synthetic world's visual questions), or the generator learns to trust text over it."""
 
     def __post_init__(self) -> None:
         _positive("noise.random_snippets", self.random_snippets, allow_zero=True)
+        _range("noise.counterfactual", self.counterfactual, 0.0, 1.0)
 
 
 @dataclass

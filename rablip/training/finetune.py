@@ -3,7 +3,8 @@
 References come from ``retrieval.source``: the dataset's gold relevance labels, a static retrieval
 file, a live index (its results cached as a static file in the run dir), or none. With
 ``askg.enabled`` they are mixed with irrelevant items and every example also yields an ASKG
-relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets. With
+relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets;
+``noise.counterfactual`` swaps answers in references and targets (:mod:`rablip.training.counterfactual`). With
 ``train.feature_cache`` the references' images come as precomputed vision features from the
 frozen-feature cache (:mod:`rablip.training.feature_cache`) instead of decoded pixels.
 """
@@ -29,6 +30,7 @@ from rablip.evaluation.vqa_metric import vqa_accuracy
 from rablip.models.factory import build_collator
 from rablip.retrieval.static import read_retrieval
 from rablip.training.askg import ReferencePlan, plan_references
+from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.feature_cache import FeatureCache, cache_for_run
 from rablip.training.stage import finish_stage, start_stage
 from rablip.training.trainer import TrainTask
@@ -63,16 +65,18 @@ class ReferenceSource:
 
 class FinetuneDataset(Dataset):
     """Indexed by ``(example index, epoch)``: the QA sample and, with ASKG, the selection sample.
-    With ``features`` (a feature cache), item images in it come as cached features, not pixels."""
+    With ``features`` (a feature cache), item images in it come as cached features, not pixels; with
+    ``counterfactual``, some examples get answer swaps (training only)."""
 
     def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource,
-                 features: FeatureCache | None = None) -> None:
+                 features: FeatureCache | None = None, counterfactual: CounterfactualAnswers | None = None) -> None:
         self.cfg = cfg
         self.examples = examples
         self.kb = kb
         self.references = references
         self.features = features
         self.random_items = RandomKBItems(kb)
+        self.counterfactual = counterfactual
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
 
@@ -104,10 +108,14 @@ class FinetuneDataset(Dataset):
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         plan = self.plan(example, rng)
         load_q, load_item = self.question_images.load, self.item_images.load
-        samples = [make_qa_sample(example, self.kb.get_many(plan.ids), load_q, load_item_image=load_item,
+        items, selection_items = self.kb.get_many(plan.ids), self.kb.get_many(plan.selection_ids or [])
+        swap = self.counterfactual.draw(example, items, rng) if self.counterfactual else None
+        if swap is not None:
+            example, items, selection_items = swap.example(example), swap.items(items), swap.items(selection_items)
+        samples = [make_qa_sample(example, items, load_q, load_item_image=load_item,
                                   item_features=self.cached(plan.ids))]
         if plan.selection_ids:
-            samples.append(make_selection_sample(example, self.kb.get_many(plan.selection_ids), plan.selection_target,
+            samples.append(make_selection_sample(example, selection_items, plan.selection_target,
                                                  self.cfg.askg.weight, load_q, load_item_image=load_item,
                                                  item_features=self.cached(plan.selection_ids)))
         return samples
@@ -173,7 +181,9 @@ def finetune(cfg: Config) -> int:
     with accelerator.main_process_first():
         features = cache_for_run(cfg, model, collator.image_processor, kb, is_main_process=accelerator.is_main_process,
                                  device=accelerator.device)
-    dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, references, features)
+    examples = load_split(cfg.data, "train")
+    counterfactual = CounterfactualAnswers(examples, cfg.noise.counterfactual, cfg.noise.counterfactual_types)
+    dataset = FinetuneDataset(cfg, examples, kb, references, features, counterfactual)
     evaluate = None
     if cfg.train.eval_every and cfg.data.val.path:
         val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir, "val")

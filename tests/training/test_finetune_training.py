@@ -13,6 +13,7 @@ from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
 from rablip.models.factory import build_collator, load_generator
+from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.finetune import (
     FinetuneDataset,
     ReferenceSource,
@@ -87,3 +88,24 @@ def test_finetune_on_two_ddp_ranks(world, tmp_path):
     assert state["step"] == 3 and state["samples_seen"] == 3 * 2 * 2, "global batch = 2 ranks x batch 2"
     assert (out / "final" / "model.safetensors").is_file()
     assert [r["step"] for r in metrics_lines(out)] == [1, 2, 3]
+
+
+def test_counterfactual_examples_read_the_swapped_answer_in_reference_and_target(world, tmp_path):
+    cfg = world_config(world, tmp_path / "run", "noise.counterfactual=1.0", "noise.counterfactual_types=[knowledge]",
+                       "askg.enabled=false", "noise.random_snippets=0")
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    examples = load_split(cfg.data, "train")
+    counterfactual = CounterfactualAnswers(examples, 1.0, ["knowledge"])
+    dataset = FinetuneDataset(cfg, examples, kb, ReferenceSource(cfg, tmp_path), counterfactual=counterfactual)
+    plain = FinetuneDataset(cfg, examples, kb, ReferenceSource(cfg, tmp_path))
+    knowledge = [i for i, ex in enumerate(examples) if ex.question_type == "knowledge"][:5]
+    visual = [i for i, ex in enumerate(examples) if ex.question_type == "visual"][:5]
+    for index in knowledge:
+        (swapped,), (original,) = dataset[(index, 0)], plain[(index, 0)]
+        old, new = original.target, swapped.target
+        assert new != old
+        texts = " ".join(ref.item.text for ref in swapped.references)
+        assert new in texts and f" {old}" not in f" {texts}"
+        assert f" {old}" in " " + " ".join(ref.item.text for ref in original.references)
+    for index in visual:
+        assert dataset[(index, 0)][0].target == plain[(index, 0)][0].target
