@@ -78,6 +78,9 @@ class ArchConfig:
     llm_layers: int = 24
     llm_heads: int = 32
     llm_intermediate_size: int = 5120
+    llm_tie_embeddings: bool = False
+    """llama: the output layer shares the input embedding matrix (T5 and OPT share it already). A tiny
+    LLM trained from scratch learns to copy words out of its references much faster with it."""
     llm_vocab_size: int = 32128
     qformer_vocab_size: int = 30523
 
@@ -209,9 +212,14 @@ class SyntheticConfig:
     llm_tokenizer_kind: str = "t5"
     """Tokenizer trained for the tiny LLM: t5 (encoder-decoder) or causal (decoder-only)."""
     tokenizer_vocab_size: int = 1500
+    reading_warmup_steps: int = 0
+    """When model.build_if_missing builds the tiny generator: text-only steps its LLM first trains on
+    reading questions about invented creatures (rablip.data.synthetic.reading; no world entity), standing
+    in for the pre-trained LLM a real checkpoint brings. 0: none."""
 
     def __post_init__(self) -> None:
         _positive("data.synthetic.entities", self.entities)
+        _positive("data.synthetic.reading_warmup_steps", self.reading_warmup_steps, allow_zero=True)
         _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)
         _range("data.synthetic.edit_fraction", self.edit_fraction, 0.0, 1.0)
         _choice("data.synthetic.llm_tokenizer_kind", self.llm_tokenizer_kind, ("t5", "causal"))

@@ -51,7 +51,8 @@ def architecture_dict(arch: ArchConfig, llm_vocab_size: int, qformer_vocab_size:
         text = {"model_type": "llama", "vocab_size": llm_vocab_size, "hidden_size": arch.llm_hidden_size,
                 "intermediate_size": arch.llm_intermediate_size, "num_hidden_layers": arch.llm_layers,
                 "num_attention_heads": arch.llm_heads, "max_position_embeddings": 1024,
-                "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+                "tie_word_embeddings": arch.llm_tie_embeddings, "pad_token_id": 0, "bos_token_id": 1,
+                "eos_token_id": 2}
     return {"vision": vision, "qformer": qformer, "text": text, "num_query_tokens": arch.num_query_tokens}
 
 
@@ -87,6 +88,8 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
                                          arch.qformer_vocab_size or len(qformer_tok))
         build_tiny_checkpoint(tmp / "model", architecture, tokenizer=llm_tok, qformer_tokenizer=qformer_tok,
                               seed=cfg.run.seed, init="trainable")
+        if syn.reading_warmup_steps:
+            warm_up_tiny_llm(tmp / "model", llm_tok, syn.world_dir, syn.reading_warmup_steps, cfg.run.seed)
         BlipImageProcessor(size={"height": arch.image_size, "width": arch.image_size},
                            image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(tmp / "model")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +100,23 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("built a tiny generator checkpoint at %s", path)
     return path
+
+
+def warm_up_tiny_llm(model_dir: Path, tokenizer, world_dir: str, steps: int, seed: int) -> None:
+    """Train the LLM of the tiny checkpoint in ``model_dir`` on the reading corpus (names of the world's
+    entities excluded) and save the checkpoint again."""
+    from transformers import InstructBlipForConditionalGeneration
+
+    from rablip.data.synthetic.files import load_manifest
+    from rablip.data.synthetic.reading import reading_examples
+    from rablip.models.llm_warmup import warm_up_language_model
+
+    world_names = [entity["name"] for entity in load_manifest(world_dir)["entities"]]
+    model = InstructBlipForConditionalGeneration.from_pretrained(model_dir)
+    losses = warm_up_language_model(model.language_model, tokenizer, reading_examples(seed, world_names), steps,
+                                    seed=seed)
+    log.info("LLM reading warm-up: %d steps, loss %.3f -> %.3f", steps, losses[0], sum(losses[-20:]) / 20)
+    model.save_pretrained(model_dir)
 
 
 def generator_trainable_modules(cfg: Config) -> list[str]:

@@ -1,0 +1,67 @@
+"""Text-only warm-up of a freshly built LLM on (prompt, answer) pairs: the answer tokens are the target.
+
+Used when the synthetic demo builds its tiny generator, so that its from-scratch LLM can read before
+it is fine-tuned (see :mod:`rablip.data.synthetic.reading`). Decoder-only LLMs read
+``<bos> prompt answer <eos>`` with the loss on ``answer <eos>``; encoder-decoders read the prompt and
+decode the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+
+class TextPair(Protocol):
+    prompt: str
+    answer: str
+
+
+def tokenize_pairs(tokenizer, examples: list[TextPair], decoder_only: bool) -> dict[str, torch.Tensor]:
+    prompts = [tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in examples]
+    answers = [tokenizer(" " + e.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+               for e in examples]
+    pad = tokenizer.pad_token_id
+    if not decoder_only:
+        inputs = [p + [tokenizer.eos_token_id] for p in prompts]
+        width, answer_width = max(map(len, inputs)), max(map(len, answers))
+        return {"input_ids": torch.tensor([p + [pad] * (width - len(p)) for p in inputs]),
+                "attention_mask": torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in inputs]),
+                "labels": torch.tensor([a + [-100] * (answer_width - len(a)) for a in answers])}
+    rows = [[tokenizer.bos_token_id] + p + a for p, a in zip(prompts, answers)]
+    width = max(map(len, rows))
+    labels = [[-100] * (len(r) - len(a)) + a + [-100] * (width - len(r)) for r, a in zip(rows, answers)]
+    return {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+            "labels": torch.tensor(labels)}
+
+
+def warm_up_language_model(language_model: torch.nn.Module, tokenizer, examples: Iterator[TextPair],
+                           steps: int, batch_size: int = 16, lr: float = 3e-3, warmup_steps: int = 30,
+                           seed: int = 0, show_progress: bool = True) -> list[float]:
+    """Train ``language_model`` in place for ``steps`` AdamW steps (cosine to lr/10); returns the losses."""
+    torch.manual_seed(seed)
+    decoder_only = not language_model.config.is_encoder_decoder
+    optimizer = torch.optim.AdamW(language_model.parameters(), lr=lr, weight_decay=0.05)
+    language_model.train()
+    losses = []
+    bar = tqdm(range(steps), desc="LLM reading warm-up", disable=not show_progress)
+    for step in bar:
+        scale = min(1.0, (step + 1) / max(1, warmup_steps)) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        batch = tokenize_pairs(tokenizer, [next(examples) for _ in range(batch_size)], decoder_only)
+        loss = language_model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(language_model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    language_model.eval()
+    return losses
