@@ -374,6 +374,10 @@ class TrainConfig:
     <data.kb.store_dir>.vision_features."""
     feature_cache_batch_size: int = 64
     """Images per vision-encoder batch while the feature cache is built."""
+    item_pairs: str = "self"
+    """Pre-training pairs from the knowledge base: self (an image+text item's image finds that item) or
+    entity (it finds any item with the same title, e.g. the entity's text article, and the query carries
+    a random training question's text, as real queries do)."""
     itc_weight: float = 1.0
     """Pre-training: image-text contrastive loss weight."""
     itm_weight: float = 1.0
@@ -392,6 +396,7 @@ class TrainConfig:
         _range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
         _choice("train.best_mode", self.best_mode, ("max", "min"))
+        _choice("train.item_pairs", self.item_pairs, ("self", "entity"))
         if len(self.betas) != 2:
             raise ConfigValueError("train.betas", f"needs two values, got {self.betas}")
 

@@ -3,7 +3,10 @@ items (``run_pretrain.py``), with image-text contrastive (ITC), matching with ha
 and Q-Former caption generation (ITG) losses, each weighted by ``train.{itc,itm,itg}_weight``.
 
 Training pairs (query, item):
-- knowledge-item pairs: the image of an image+text item as the query, the whole item as the target;
+- knowledge-item pairs: the image of an image+text item as the query, the whole item as the target
+  (``train.item_pairs=entity``: any item with the same title, such as the entity's text article, with
+  a random training question's text in the query as real queries have, and the image moved a little,
+  so that entities no training question asks about are learnt too);
 - question pairs: a training question's image and text as the query, one of its relevant items as
   the target.
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
@@ -13,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from rablip.config.schema import Config
@@ -42,7 +47,7 @@ PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "generat
 @dataclass
 class Pair:
     query_image: object
-    """Question image reference, or None when the query image is the item's own image."""
+    """Question image reference, or None when the query is the image of knowledge item ``record_id``."""
     question: str
     item_ids: list[str]
     """Candidate targets (one is drawn per epoch)."""
@@ -54,11 +59,33 @@ def item_key(item_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def build_pairs(examples: list[QAExample], kb: KBStore) -> list[Pair]:
-    pairs = [Pair(None, "", [item.id], item.id) for batch in kb.iter_batches(4096) for item in batch
-             if item.modality == "image+text"]
+def build_pairs(examples: list[QAExample], kb: KBStore, item_pairs: str = "self") -> list[Pair]:
+    by_title: dict[str, list[str]] = defaultdict(list)
+    image_items: list[tuple[str, str]] = []
+    for batch in kb.iter_batches(4096):
+        for item in batch:
+            if item_pairs == "entity" and item.title:
+                by_title[item.title].append(item.id)
+            if item.modality == "image+text":
+                image_items.append((item.id, item.title))
+    pairs = [Pair(None, "", by_title.get(title) or [item_id], item_id) for item_id, title in image_items]
     pairs += [Pair(ex.image, ex.question, list(ex.relevant_ids), ex.id) for ex in examples if ex.relevant_ids]
     return pairs
+
+
+def new_view(image, rng: np.random.Generator):
+    """The image slightly rotated (up to 15 degrees), shifted (up to 10% of a side) and scaled (0.9-1.1),
+    the uncovered border filled with the corner colour: another view of the same thing."""
+    if image is None:
+        return None
+    width, height = image.size
+    angle = float(rng.uniform(-15, 15))
+    scale = float(rng.uniform(0.9, 1.1))
+    shift = (float(rng.uniform(-0.1, 0.1)) * width, float(rng.uniform(-0.1, 0.1)) * height)
+    resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
+    canvas = Image.new(image.mode, image.size, image.getpixel((0, 0)))
+    canvas.paste(resized, (round((width - resized.width) / 2), round((height - resized.height) / 2)))
+    return canvas.rotate(angle, translate=shift, fillcolor=image.getpixel((0, 0)))
 
 
 class PairDataset(Dataset):
@@ -66,6 +93,8 @@ class PairDataset(Dataset):
 
     def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore) -> None:
         self.cfg, self.pairs, self.kb = cfg, pairs, kb
+        entity = cfg.train.item_pairs == "entity"
+        self.questions = sorted({pair.question for pair in pairs if pair.question}) if entity else []
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
 
@@ -78,9 +107,16 @@ class PairDataset(Dataset):
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
         item_image = self.item_images.load(item.image, item.id) if item.modality != "text" else None
-        query_image = (self.question_images.load(pair.query_image, pair.record_id) if pair.query_image is not None
-                       else item_image)
-        return query_image, pair.question, item, item_image
+        question = pair.question
+        if pair.query_image is not None:
+            query_image = self.question_images.load(pair.query_image, pair.record_id)
+        else:
+            source = item if item.id == pair.record_id else self.kb[pair.record_id]
+            query_image = item_image if source is item else self.item_images.load(source.image, source.id)
+            if self.questions:
+                question = self.questions[int(rng.integers(len(self.questions)))]
+                query_image = new_view(query_image, rng)
+        return query_image, question, item, item_image
 
 
 class PretrainModel(torch.nn.Module):
@@ -174,7 +210,7 @@ def pretrain(cfg: Config) -> int:
     model = PretrainModel(RetrievalPretrainingLoss(encoder, itg_bos_token_id=batcher.tokenizer.cls_token_id))
 
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
-    pairs = build_pairs(load_split(cfg.data, "train"), kb)
+    pairs = build_pairs(load_split(cfg.data, "train"), kb, cfg.train.item_pairs)
     log.info("pre-training pairs: %d (knowledge items and training questions)", len(pairs))
     evaluate = make_retrieval_evaluator(cfg, batcher, kb) if cfg.data.val.path else None
 

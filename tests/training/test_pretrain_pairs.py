@@ -1,0 +1,73 @@
+"""Pre-training pairs: questions and knowledge items, with knowledge items paired to themselves or to
+every item of their entity (``train.item_pairs``)."""
+
+import numpy as np
+import pytest
+
+from rablip.config import load_config
+from rablip.data.kb import KBStore
+from rablip.data.prepare import prepare_data
+from rablip.data.splits import load_split
+from rablip.training.pretrain import PairDataset, build_pairs, new_view
+from tests.retrieval.tiny_world import PRETRAIN_CONFIG, world_overrides
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pairs")
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp))
+    prepare_data(cfg)
+    return tmp
+
+
+def setup(tmp, item_pairs):
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp) + [f"train.item_pairs={item_pairs}"])
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    examples = load_split(cfg.data, "train")
+    pairs = build_pairs(examples, kb, item_pairs)
+    return cfg, kb, examples, pairs, PairDataset(cfg, pairs, kb)
+
+
+def test_self_pairs_query_an_item_with_its_own_image_and_no_question(world):
+    cfg, kb, examples, pairs, dataset = setup(world, "self")
+    item_pairs = [p for p in pairs if p.query_image is None]
+    assert len(item_pairs) == sum(1 for b in kb.iter_batches(64) for item in b if item.modality == "image+text")
+    assert len(pairs) == len(item_pairs) + sum(1 for ex in examples if ex.relevant_ids)
+    index = pairs.index(item_pairs[0])
+    query_image, question, item, item_image = dataset[(index, 0)]
+    assert item.id == item_pairs[0].record_id and question == "" and query_image is item_image
+
+
+def test_entity_pairs_reach_every_item_of_the_title_with_a_training_question_and_a_new_view(world):
+    cfg, kb, examples, pairs, dataset = setup(world, "entity")
+    titles = {item.id: item.title for b in kb.iter_batches(64) for item in b}
+    questions = {ex.question for ex in examples}
+    pair = next(p for p in pairs if p.query_image is None)
+    assert sorted(pair.item_ids) == sorted(i for i, t in titles.items() if t == titles[pair.record_id])
+    assert len(pair.item_ids) == 2, "the synthetic world's entity has an image item and a fact item"
+    index = pairs.index(pair)
+    source = kb[pair.record_id]
+    original = np.asarray(dataset.item_images.load(source.image, source.id), dtype=np.float32)
+    drawn = set()
+    for epoch in range(12):
+        query_image, question, item, item_image = dataset[(index, epoch)]
+        drawn.add(item.id)
+        assert question in questions
+        assert query_image is not None and query_image.size == (original.shape[1], original.shape[0])
+        assert np.abs(np.asarray(query_image, dtype=np.float32) - original).mean() > 1.0, "a new view"
+        if item.modality == "text":
+            assert item_image is None
+    assert drawn == set(pair.item_ids)
+
+
+def test_a_new_view_keeps_size_and_colours():
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (200, 200, 200))
+    for x in range(24, 40):
+        for y in range(24, 40):
+            image.putpixel((x, y), (215, 40, 40))
+    view = np.asarray(new_view(image, np.random.default_rng(3)))
+    red = (view[..., 0] > 180) & (view[..., 1] < 90)
+    assert view.shape == (64, 64, 3) and 150 < red.sum() < 400
+    assert tuple(view[0, 0]) == tuple(view[-1, -1]) == (200, 200, 200), "uncovered border takes the corner colour"
