@@ -16,7 +16,7 @@ VARIANT_KEYS = {"unseen_knowledge_acc", "seen_knowledge_acc", "visual_acc", "noi
 def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "scripts/demo.py", "--entities", "12", "--out", str(out),
-                             "--pretrain-steps", "3", "--finetune-steps", "3", "--seed", "1"],
+                             "--pretrain-steps", "3", "--finetune-steps", "3", "--reading-steps", "5", "--seed", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -38,3 +38,18 @@ def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     assert (out / "world" / "index" / "retrieval_index.json").is_file()
     assert (out / "world" / "index_edited" / "retrieval_index.json").is_file()
     assert "targets:" in result.stdout and "ra_askg" in result.stdout
+
+
+def test_knowledge_edit_counts_compare_normalized_answers(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from demo import knowledge_edit_counts
+
+    (tmp_path / "world" / "edit").mkdir(parents=True)
+    (tmp_path / "eval_edit").mkdir()
+    questions = {"1": {"old": "forest", "new": "jungle"}, "2": {"old": "1900", "new": "1945"},
+                 "3": {"old": "orrin coast", "new": "valdor"}, "4": {"old": "cave", "new": "river"}}
+    (tmp_path / "world" / "edit" / "edits.json").write_text(json.dumps({"questions": questions}))
+    answers = [{"question_id": 1, "answer": "The jungle."}, {"question_id": 2, "answer": "1900"},
+               {"question_id": 3, "answer": "orrin coast"}]
+    (tmp_path / "eval_edit" / "predictions.json").write_text(json.dumps(answers))
+    assert knowledge_edit_counts(tmp_path) == {"edited_questions": 4, "follows_new_fact": 1, "follows_old_fact": 2}

@@ -105,6 +105,11 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
 
+def normalize_answer(text: str) -> str:
+    """One answer as the official metric compares it: whitespace, punctuation, number words, articles."""
+    return process_digit_article(process_punctuation(clean_whitespace(text)))
+
+
 def vqa_accuracy(
     prediction: str, answers: Sequence[str], answer_identities: Sequence[Hashable] | None = None
 ) -> float:
