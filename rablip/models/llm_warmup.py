@@ -40,6 +40,17 @@ def tokenize_pairs(tokenizer, examples: list[TextPair], decoder_only: bool) -> d
             "labels": torch.tensor(labels)}
 
 
+def answer_loss(language_model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A decoder-only LLM's mean loss on its labelled tokens, with the output layer applied to the
+    positions that predict them only (a few per row, instead of every position's vocabulary logits)."""
+    hidden = language_model.get_decoder()(input_ids=batch["input_ids"],
+                                          attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    predicting = labels != -100
+    logits = language_model.get_output_embeddings()(hidden[:, :-1][predicting])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[predicting])
+
+
 def warm_up_language_model(language_model: torch.nn.Module, tokenizer, examples: Iterator[TextPair],
                            steps: int, batch_size: int = 16, lr: float = 3e-3, warmup_steps: int = 30,
                            seed: int = 0, show_progress: bool = True) -> list[float]:
@@ -55,7 +66,7 @@ def warm_up_language_model(language_model: torch.nn.Module, tokenizer, examples:
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         batch = tokenize_pairs(tokenizer, [next(examples) for _ in range(batch_size)], decoder_only)
-        loss = language_model(**batch).loss
+        loss = answer_loss(language_model, batch) if decoder_only else language_model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(language_model.parameters(), 1.0)

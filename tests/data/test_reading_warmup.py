@@ -12,7 +12,7 @@ from rablip.data.synthetic.questions import TEMPLATES
 from rablip.data.synthetic.reading import reading_examples
 from rablip.data.synthetic.vocab import HIDDEN_FACTS
 from rablip.data.tokenizer_training import train_tokenizer
-from rablip.models.llm_warmup import tokenize_pairs, warm_up_language_model
+from rablip.models.llm_warmup import answer_loss, tokenize_pairs, warm_up_language_model
 
 WORLD_NAMES = [entity.name for entity in sample_entities(0, 96, 48, 0.3)]
 
@@ -71,3 +71,15 @@ def test_only_the_answer_and_its_end_are_targets(kind, tmp_path):
         if kind == "causal":
             ids = batch["input_ids"][row][batch["attention_mask"][row] == 1]
             assert torch.equal(ids[-len(labels[labels != -100]):], labels[labels != -100])
+
+
+def test_answer_loss_equals_the_models_own_loss(tmp_path):
+    examples = list(itertools.islice(reading_examples(0), 6))
+    tokenizer = train_tokenizer([e.prompt + " " + e.answer for e in examples], tmp_path / "tok", kind="causal",
+                                vocab_size=300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id))
+    batch = tokenize_pairs(tokenizer, examples, decoder_only=True)
+    torch.testing.assert_close(answer_loss(model, batch), model(**batch).loss)
