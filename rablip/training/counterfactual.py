@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from rablip.data.collate import pick_answer
-from rablip.data.records import QAExample, KBItem
+from rablip.data.records import KBItem, QAExample
+from rablip.errors import ConfigError
 
 
 def _kind(example: QAExample) -> tuple[str, str]:
@@ -63,6 +64,10 @@ class CounterfactualAnswers:
                 by_kind[_kind(example)].add(answer)
         self.by_question = {key: sorted(values) for key, values in by_question.items()}
         self.by_kind = {key: sorted(values) for key, values in by_kind.items()}
+        present = {example.question_type or "" for example in examples}
+        if fraction > 0 and self.question_types and examples and not self.question_types & present:
+            raise ConfigError(f"noise.counterfactual_types {sorted(self.question_types)} names no question type of the "
+                              f"training split; its types are {sorted(present)}. Fix the list or leave it empty (all).")
 
     def eligible(self, example: QAExample) -> bool:
         return not self.question_types or (example.question_type or "") in self.question_types

@@ -1,8 +1,10 @@
 """Counterfactual answer swaps: what is replaced, where the alternatives come from, when nothing happens."""
 
 import numpy as np
+import pytest
 
 from rablip.data.records import KBItem, QAExample
+from rablip.errors import ConfigError
 from rablip.training.counterfactual import AnswerSwap, CounterfactualAnswers
 
 
@@ -57,3 +59,9 @@ def test_drawn_swaps_follow_fraction_types_and_need_a_reference_that_states_the_
     half = CounterfactualAnswers(TRAIN, 0.5, ["knowledge"])
     drawn = sum(half.draw(TRAIN[0], stated, np.random.default_rng(seed)) is not None for seed in range(400))
     assert 160 < drawn < 240
+
+
+def test_question_types_that_no_training_example_has_are_refused():
+    with pytest.raises(ConfigError, match="noise.counterfactual_types.*knowlege.*knowledge"):
+        CounterfactualAnswers(TRAIN, 0.5, ["knowlege"])
+    CounterfactualAnswers(TRAIN, 0.0, ["knowlege"])  # off: nothing to check
