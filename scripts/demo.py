@@ -48,7 +48,8 @@ VARIANTS = {
                      "noise.counterfactual=0"],
     "ra": ["retrieval.source=index", "askg.enabled=false", "noise.random_snippets=0", "noise.counterfactual=0"],
     "ra_askg": ["retrieval.source=index", "askg.enabled=true", "askg.noise_ratio=0.5", "askg.weight=0.1",
-                "noise.random_snippets=1", "noise.counterfactual=0.5", "noise.counterfactual_types=[knowledge]"],
+                "askg.negatives=hard", "noise.random_snippets=1", "noise.counterfactual=0.5",
+                "noise.counterfactual_types=[knowledge]"],
 }
 NOISY_FRACTION = 0.5
 EDIT_FRACTION = 0.2
