@@ -109,3 +109,19 @@ def test_counterfactual_examples_read_the_swapped_answer_in_reference_and_target
         assert f" {old}" in " " + " ".join(ref.item.text for ref in original.references)
     for index in visual:
         assert dataset[(index, 0)][0].target == plain[(index, 0)][0].target
+
+
+def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world, tmp_path):
+    from rablip.models.rablip import RABlipForConditionalGeneration
+
+    cfg = world_config(world, tmp_path / "run")
+    assert cfg.model.arch.llm_tie_embeddings
+    model = load_generator(cfg)
+    llm = model.language_model
+    assert llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
+    with torch.no_grad():
+        llm.get_input_embeddings().weight[5] += 1.0
+    model.save_pretrained(str(tmp_path / "saved"), trainable_only=True)
+    loaded = RABlipForConditionalGeneration.from_pretrained(str(tmp_path / "saved")).language_model
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    torch.testing.assert_close(loaded.get_output_embeddings().weight, llm.get_output_embeddings().weight)
