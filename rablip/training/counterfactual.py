@@ -73,10 +73,11 @@ class CounterfactualAnswers:
         return not self.question_types or (example.question_type or "") in self.question_types
 
     def alternatives(self, example: QAExample, answer: str) -> list[str]:
-        pool = self.by_question.get((example.question.strip().lower(), *_kind(example)), [])
-        if len([a for a in pool if a != answer]) == 0:
-            pool = self.by_kind.get(_kind(example), [])
-        return [a for a in pool if a.lower() != answer.lower()]
+        def others(pool: list[str]) -> list[str]:
+            return [a for a in pool if a.lower() != answer.lower()]
+
+        return (others(self.by_question.get((example.question.strip().lower(), *_kind(example)), []))
+                or others(self.by_kind.get(_kind(example), [])))
 
     def draw(self, example: QAExample, items: Sequence[KBItem], rng: np.random.Generator) -> AnswerSwap | None:
         """A swap for this example, or None (not drawn, not eligible, or no reference states the answer)."""

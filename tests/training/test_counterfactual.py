@@ -44,6 +44,9 @@ def test_alternatives_come_from_the_same_question_else_the_same_kind():
     assert swaps.alternatives(TRAIN[4], "1950") == ["1955"]
     lonely = example("10", "Who named it?", "tolk")
     assert swaps.alternatives(lonely, "tolk") == ["desert", "fish", "forest", "seeds"]
+    cased = CounterfactualAnswers([example("1", "Where?", "Forest"), example("2", "Where?", "forest"),
+                                   example("3", "What?", "fish")], 1.0)
+    assert cased.alternatives(example("4", "Where?", "forest"), "forest") == ["fish"], "case-only variants are not others"
 
 
 def test_drawn_swaps_follow_fraction_types_and_need_a_reference_that_states_the_answer():
