@@ -117,7 +117,7 @@ def split_counts(n_entities: int, unseen_fraction: float) -> tuple[int, int]:
     return seen, unseen
 
 
-def _make_names(rng: np.random.Generator, count: int) -> list[str]:
+def make_names(rng: np.random.Generator, count: int) -> list[str]:
     """Unique pronounceable made-up names that collide with no answer or template word."""
     reserved = set(all_answer_words())
     for template in (*CAPTION_TEMPLATES, *FACT_TEMPLATES):
@@ -195,7 +195,7 @@ def sample_entities(seed: int, n_entities: int, n_distractors: int, unseen_fract
         ["seen"] * n_seen + ["unseen_val"] * n_unseen + ["unseen_test"] * n_unseen + ["distractor"] * n_distractors
     )
     facts = _sample_facts(rng, n_seen, 2 * n_unseen, n_distractors)
-    names = _make_names(rng, total)
+    names = make_names(rng, total)
     id_numbers = rng.permutation(total)
     entities = []
     for i in range(total):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rablip.data import prompts
-from rablip.data.synthetic.entities import CAPTION_TEMPLATES, FACT_TEMPLATES, Entity, _make_names
+from rablip.data.synthetic.entities import CAPTION_TEMPLATES, FACT_TEMPLATES, Entity, make_names
 from rablip.data.synthetic.questions import KNOWLEDGE_ATTRIBUTES, TEMPLATES
 from rablip.data.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
 
@@ -44,7 +44,7 @@ def reading_examples(seed: int, avoid_names: Iterable[str] = (), pool: int = 200
     """An endless, seeded stream of reading examples; invented names never equal ``avoid_names``."""
     rng = np.random.default_rng([seed, _STREAM_READING])
     avoid = set(avoid_names)
-    names = [name for name in _make_names(rng, pool + len(avoid)) if name not in avoid][:pool]
+    names = [name for name in make_names(rng, pool + len(avoid)) if name not in avoid][:pool]
     while True:
         picked = rng.choice(len(names), size=int(rng.integers(1, MAX_REFERENCES + 1)), replace=False)
         creatures = [_invented(rng, names[int(i)]) for i in picked]
