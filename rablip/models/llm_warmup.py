@@ -8,12 +8,12 @@ decode the answer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
+
+from rablip.models.warmup import run_warm_up
 
 
 class TextPair(Protocol):
@@ -57,22 +57,10 @@ def warm_up_language_model(language_model: torch.nn.Module, tokenizer, examples:
     """Train ``language_model`` in place for ``steps`` AdamW steps (cosine to lr/10); returns the losses."""
     torch.manual_seed(seed)
     decoder_only = not language_model.config.is_encoder_decoder
-    optimizer = torch.optim.AdamW(language_model.parameters(), lr=lr, weight_decay=0.05)
-    language_model.train()
-    losses = []
-    bar = tqdm(range(steps), desc="LLM reading warm-up", disable=not show_progress)
-    for step in bar:
-        scale = min(1.0, (step + 1) / max(1, warmup_steps)) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * scale
+
+    def step_loss(_: int) -> torch.Tensor:
         batch = tokenize_pairs(tokenizer, [next(examples) for _ in range(batch_size)], decoder_only)
-        loss = answer_loss(language_model, batch) if decoder_only else language_model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(language_model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    language_model.eval()
-    return losses
+        return answer_loss(language_model, batch) if decoder_only else language_model(**batch).loss
+
+    return run_warm_up(language_model, step_loss, steps, lr=lr, warmup_steps=warmup_steps,
+                       desc="LLM reading warm-up", show_progress=show_progress)
