@@ -5,11 +5,12 @@
 Runs rablip's own entry points with ``configs/experiment/synthetic_*.yaml`` (no separate code path),
 each as a subprocess with its log in ``DIR/logs/``:
 
-1. make the synthetic world (``scripts/make_synthetic.py``); the tokenizers and the tiny generator
-   checkpoint are trained/built by the first stage that needs them;
-2. pre-train the vision encoder, Q-Former and fusion encoder (``run_pretrain.py``)
-   (``model.export_generator``: the generator with the pre-trained vision encoder, query tokens
-   and Q-Former is saved for fine-tuning to start from, as BLIP-2's second stage does);
+1. make the synthetic world (``scripts/make_synthetic.py``);
+2. pre-train the Q-Former and fusion encoder (``run_pretrain.py``). This stage first trains the
+   tokenizers and builds the tiny generator: its vision encoder warms up on renderings of invented
+   creatures, its LLM on reading texts about them (none of them world entities). The vision encoder
+   then stays frozen. ``model.export_generator`` saves the generator with the pre-trained query
+   tokens and Q-Former for fine-tuning to start from, as BLIP-2's second stage does;
 3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
    with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
 4. fine-tune three generators from the same pre-trained encoder (``run_finetune.py``):
@@ -122,7 +123,7 @@ class JobRunner:
 
 
 def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetune_steps: int | None,
-         reading_steps: int | None = None) -> list[Job]:
+         reading_steps: int | None = None, vision_steps: int | None = None) -> list[Job]:
     """Every job of the experiment, in an order that respects the dependencies."""
     world = out / "world"
     common = [f"run.seed={seed}", f"data.synthetic.entities={entities}", f"data.synthetic.world_dir={world}",
@@ -135,6 +136,8 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     pretrain = [f"train.max_steps={pretrain_steps}"] if pretrain_steps else []
     if reading_steps is not None:
         pretrain.append(f"data.synthetic.reading_warmup_steps={reading_steps}")
+    if vision_steps is not None:
+        pretrain.append(f"data.synthetic.vision_warmup_steps={vision_steps}")
     finetune = [f"train.max_steps={finetune_steps}"] if finetune_steps else []
     jobs = [
         Job("world", ["scripts/make_synthetic.py", "--out", str(world), "--seed", str(seed), "--entities",
@@ -249,6 +252,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tuning steps")
     parser.add_argument("--reading-steps", type=int, default=None,
                         help="override the tiny LLM's text-only reading warm-up steps")
+    parser.add_argument("--vision-steps", type=int, default=None,
+                        help="override the tiny vision encoder's viewing warm-up steps")
     args = parser.parse_args(argv)
     out = Path(args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and any(out.iterdir()):
@@ -256,7 +261,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     print(f"rablip demo: seed {args.seed}, {args.entities} entities, output in {out}", flush=True)
     JobRunner(out / "logs", args.jobs).run(plan(out, args.seed, args.entities, args.pretrain_steps,
-                                                args.finetune_steps, args.reading_steps))
+                                                args.finetune_steps, args.reading_steps, args.vision_steps))
     results = collect(out, args.seed, args.entities, time.time() - started)
     atomic_write_json(out / "results.json", results)
     print()

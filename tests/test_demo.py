@@ -16,7 +16,8 @@ VARIANT_KEYS = {"unseen_knowledge_acc", "seen_knowledge_acc", "visual_acc", "noi
 def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "scripts/demo.py", "--entities", "12", "--out", str(out),
-                             "--pretrain-steps", "3", "--finetune-steps", "3", "--reading-steps", "5", "--seed", "1"],
+                             "--pretrain-steps", "3", "--finetune-steps", "3", "--reading-steps", "5",
+                             "--vision-steps", "5", "--seed", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

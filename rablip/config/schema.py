@@ -128,7 +128,9 @@ class ModelConfig:
     qformer_instruction: bool = True
     """Whether the Q-Former reads the instruction (InstructBLIP). False for BLIP-2 checkpoints."""
     vision_backend: str = "hf"
-    """hf: the checkpoint's InstructBLIP/BLIP-2 vision model; timm: a timm backbone named by timm_name."""
+    """The vision encoder model.build_if_missing builds: hf (InstructBLIP's ViT, of size model.arch) or
+    timm (the timm architecture timm_name, created without weights, its tokens projected to
+    model.arch.vision_hidden_size). A checkpoint brings its own; a different one here is an error."""
     timm_name: str = ""
     trainable: list[str] = field(
         default_factory=lambda: ["qformer", "query_tokens", "language_projection", "slot_embeddings"])
@@ -216,10 +218,16 @@ class SyntheticConfig:
     """When model.build_if_missing builds the tiny generator: text-only steps its LLM first trains on
     reading questions about invented creatures (rablip.data.synthetic.reading; no world entity), standing
     in for the pre-trained LLM a real checkpoint brings. 0: none."""
+    vision_warmup_steps: int = 0
+    """When model.build_if_missing builds the tiny generator: steps its vision encoder first trains to
+    name the shape, colour, pattern and size of renderings of invented creatures
+    (rablip.data.synthetic.viewing; no world entity's looks), standing in for the pre-trained vision
+    encoder a real checkpoint brings. 0: none."""
 
     def __post_init__(self) -> None:
         _positive("data.synthetic.entities", self.entities)
         _positive("data.synthetic.reading_warmup_steps", self.reading_warmup_steps, allow_zero=True)
+        _positive("data.synthetic.vision_warmup_steps", self.vision_warmup_steps, allow_zero=True)
         _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)
         _range("data.synthetic.edit_fraction", self.edit_fraction, 0.0, 1.0)
         _choice("data.synthetic.llm_tokenizer_kind", self.llm_tokenizer_kind, ("t5", "causal"))

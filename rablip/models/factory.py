@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import BlipImageProcessor
 
 from rablip.config.schema import ArchConfig, Config
@@ -57,11 +58,13 @@ def architecture_dict(arch: ArchConfig, llm_vocab_size: int, qformer_vocab_size:
 
 
 def ensure_generator_checkpoint(cfg: Config) -> Path:
-    """The generator's base checkpoint dir; with ``model.build_if_missing`` an empty one is built.
+    """The generator's base checkpoint dir; with ``model.build_if_missing`` a tiny one is built.
 
     Building trains the two tokenizers on the synthetic world's texts, builds a model of size
     ``model.arch`` and saves it in the transformers InstructBLIP layout (weights, tokenizer,
-    ``qformer_tokenizer/``, image processor), so it loads like a published checkpoint.
+    ``qformer_tokenizer/``, image processor), so it loads like a published checkpoint. With a timm
+    vision encoder or a warm-up (``data.synthetic.vision_warmup_steps``, ``reading_warmup_steps``)
+    it is then loaded, changed and saved again as a full rablip checkpoint in the same dir.
     """
     path = Path(cfg.model.checkpoint)
     if (path / "config.json").is_file():
@@ -88,10 +91,11 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
                                          arch.qformer_vocab_size or len(qformer_tok))
         build_tiny_checkpoint(tmp / "model", architecture, tokenizer=llm_tok, qformer_tokenizer=qformer_tok,
                               seed=cfg.run.seed, init="trainable")
-        if syn.reading_warmup_steps:
-            warm_up_tiny_llm(tmp / "model", llm_tok, syn.world_dir, syn.reading_warmup_steps, cfg.run.seed)
-        BlipImageProcessor(size={"height": arch.image_size, "width": arch.image_size},
-                           image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(tmp / "model")
+        image_processor = BlipImageProcessor(size={"height": arch.image_size, "width": arch.image_size},
+                                             image_mean=CLIP_MEAN, image_std=CLIP_STD)
+        image_processor.save_pretrained(tmp / "model")
+        if cfg.model.vision_backend == "timm" or syn.vision_warmup_steps or syn.reading_warmup_steps:
+            prepare_tiny_generator(cfg, tmp / "model", llm_tok, image_processor)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             path.rmdir()  # empty (checked above: no config.json); a non-empty dir makes this fail loudly
@@ -102,21 +106,36 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
     return path
 
 
-def warm_up_tiny_llm(model_dir: Path, tokenizer, world_dir: str, steps: int, seed: int) -> None:
-    """Train the LLM of the tiny checkpoint in ``model_dir`` on the reading corpus (names of the world's
-    entities excluded) and save the checkpoint again."""
-    from transformers import InstructBlipForConditionalGeneration
-
+def prepare_tiny_generator(cfg: Config, model_dir: Path, llm_tokenizer, image_processor) -> None:
+    """Give the just-built tiny checkpoint in ``model_dir`` its configured vision encoder and warm-ups,
+    and save it there as a full rablip checkpoint (the tokenizer and processor files stay)."""
     from rablip.data.synthetic.files import load_manifest
     from rablip.data.synthetic.reading import reading_examples
+    from rablip.data.synthetic.viewing import class_counts, viewing_batches
     from rablip.models.llm_warmup import warm_up_language_model
+    from rablip.models.vision import build_vision_model
+    from rablip.models.vision_warmup import warm_up_vision_model
 
-    world_names = [entity["name"] for entity in load_manifest(world_dir)["entities"]]
-    model = InstructBlipForConditionalGeneration.from_pretrained(model_dir)
-    losses = warm_up_language_model(model.language_model, tokenizer, reading_examples(seed, world_names), steps,
-                                    seed=seed)
-    log.info("LLM reading warm-up: %d steps, loss %.3f -> %.3f", steps, losses[0], sum(losses[-20:]) / 20)
-    model.save_pretrained(model_dir)
+    syn, seed = cfg.data.synthetic, cfg.run.seed
+    model = RABlipForConditionalGeneration.from_pretrained(str(model_dir))
+    if cfg.model.vision_backend == "timm":
+        model.config.vision_backbone, model.config.timm_model_name = "timm", cfg.model.timm_name
+        torch.manual_seed(seed)
+        model.vision_model = build_vision_model(model.config)
+    entities = load_manifest(syn.world_dir)["entities"]
+    if syn.vision_warmup_steps:
+        batches = viewing_batches(seed, 32, cfg.model.arch.image_size, [e["attributes"] for e in entities])
+        losses = warm_up_vision_model(model.vision_model, image_processor, model.config.vision_config.hidden_size,
+                                      class_counts(), batches, syn.vision_warmup_steps, seed=seed)
+        log.info("vision viewing warm-up: %d steps, loss %.3f -> %.3f", syn.vision_warmup_steps, losses[0],
+                 sum(losses[-20:]) / len(losses[-20:]))
+    if syn.reading_warmup_steps:
+        examples = reading_examples(seed, [e["name"] for e in entities])
+        losses = warm_up_language_model(model.language_model, llm_tokenizer, examples, syn.reading_warmup_steps,
+                                        seed=seed)
+        log.info("LLM reading warm-up: %d steps, loss %.3f -> %.3f", syn.reading_warmup_steps, losses[0],
+                 sum(losses[-20:]) / len(losses[-20:]))
+    model.save_pretrained(str(model_dir), trainable_only=False)
 
 
 def generator_trainable_modules(cfg: Config) -> list[str]:
@@ -130,10 +149,21 @@ def load_generator(cfg: Config, checkpoint: str | Path | None = None) -> RABlipF
     overrides = {"trainable_modules": generator_trainable_modules(cfg),
                  "refine_top_m": cfg.model.refine.top_m if cfg.model.refine.enabled else None}
     model = RABlipForConditionalGeneration.from_pretrained(str(path), **overrides)
+    check_vision_backend(cfg, model, path)
     if cfg.model.gradient_checkpointing:
         set_gradient_checkpointing(model, language_model=True, qformer=True)
     parameter_counts(model)  # logs total/trainable per module group
     return model
+
+
+def check_vision_backend(cfg: Config, model: RABlipForConditionalGeneration, path: Path) -> None:
+    """A checkpoint brings its vision encoder: ``model.vision_backend`` / ``timm_name`` must name it."""
+    has = "timm " + str(model.config.timm_model_name) if model.config.vision_backbone == "timm" else "hf"
+    wants = "timm " + cfg.model.timm_name if cfg.model.vision_backend == "timm" else "hf"
+    if has != wants:
+        raise ConfigError(f"model.vision_backend: the checkpoint {path} has a {has} vision encoder but the config "
+                          f"asks for {wants}; set model.vision_backend (and model.timm_name) to match it, or point "
+                          "model.checkpoint at an empty dir with model.build_if_missing=true to build a new one.")
 
 
 def processor_dirs(model: RABlipForConditionalGeneration) -> tuple[Path, Path, Path]:

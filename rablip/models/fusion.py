@@ -51,6 +51,7 @@ from transformers import (
 )
 
 from rablip.errors import RablipError
+from rablip.models.vision import TIMM_MODEL_TYPE, TimmVisionEncoder
 
 VISION, TEXT, VISION_LANGUAGE = 0, 1, 2
 """Token modality / expert ids."""
@@ -376,11 +377,15 @@ class MultimodalRetrievalEncoder(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``retrieval_encoder.json`` (configs) and ``retrieval_encoder.safetensors`` (all weights)."""
-        model_type = getattr(getattr(self.vision_model, "config", None), "model_type", None)
-        if model_type not in VISION_MODEL_TYPES:
+        if isinstance(self.vision_model, TimmVisionEncoder):
+            vision_config = self.vision_model.description
+        else:
+            vision_config = self.vision_model.config.to_dict() if hasattr(self.vision_model, "config") else {}
+        model_type = vision_config.get("model_type")
+        if model_type not in VISION_MODEL_TYPES and model_type != TIMM_MODEL_TYPE:
             raise RablipError(
                 f"cannot save the retrieval encoder: vision model type {model_type!r} is not one of "
-                f"{sorted(VISION_MODEL_TYPES)}; add it to rablip.models.fusion.VISION_MODEL_TYPES"
+                f"{sorted([*VISION_MODEL_TYPES, TIMM_MODEL_TYPE])}; add it to rablip.models.fusion.VISION_MODEL_TYPES"
             )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -388,7 +393,7 @@ class MultimodalRetrievalEncoder(nn.Module):
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "fusion": asdict(self.fusion.config),
-            "vision_config": self.vision_model.config.to_dict(),
+            "vision_config": vision_config,
             "qformer_config": self.qformer.config.to_dict(),
             "num_query_tokens": self.num_query_tokens,
             "instruct_queries": self.instruct_queries,
@@ -419,12 +424,14 @@ class MultimodalRetrievalEncoder(nn.Module):
                 f"{FORMAT_NAME!r} v{FORMAT_VERSION}; re-save the encoder with this version of rablip"
             )
         model_type = meta["vision_config"].get("model_type")
-        if model_type not in VISION_MODEL_TYPES:
-            raise RablipError(
-                f"{config_path}: unknown vision model_type {model_type!r}; known: {sorted(VISION_MODEL_TYPES)}"
-            )
-        vision_config_cls, vision_model_cls = VISION_MODEL_TYPES[model_type]
-        vision_model = vision_model_cls(vision_config_cls.from_dict(meta["vision_config"]))
+        if model_type == TIMM_MODEL_TYPE:
+            vision_model = TimmVisionEncoder.from_description(meta["vision_config"])
+        elif model_type in VISION_MODEL_TYPES:
+            vision_config_cls, vision_model_cls = VISION_MODEL_TYPES[model_type]
+            vision_model = vision_model_cls(vision_config_cls.from_dict(meta["vision_config"]))
+        else:
+            raise RablipError(f"{config_path}: unknown vision model_type {model_type!r}; known: "
+                              f"{sorted([*VISION_MODEL_TYPES, TIMM_MODEL_TYPE])}")
         qformer_config = InstructBlipQFormerConfig.from_dict(meta["qformer_config"])
         qformer = InstructBlipQFormerModel(qformer_config)
         known = {f.name for f in fields(FusionConfig)}

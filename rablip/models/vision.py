@@ -14,6 +14,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from rablip.errors import ConfigError
 from rablip.models.config import RABlipConfig
 
+TIMM_MODEL_TYPE = "timm"
+"""``model_type`` in the saved description of a :class:`TimmVisionEncoder` (transformers' vision
+configs carry their own)."""
+
 
 class TimmVisionEncoder(nn.Module):
     """A timm backbone (created with ``pretrained=False``) whose tokens are projected to ``out_width``.
@@ -33,6 +37,13 @@ class TimmVisionEncoder(nn.Module):
             raise ConfigError(f"model.timm_model_name={model_name!r} with {timm_kwargs}: {error}") from error
         width = self.backbone.num_features
         self.proj = nn.Linear(width, out_width) if width != out_width else nn.Identity()
+        self.description = {"model_type": TIMM_MODEL_TYPE, "model_name": model_name, "out_width": out_width,
+                            "timm_kwargs": dict(timm_kwargs or {})}
+
+    @classmethod
+    def from_description(cls, description: dict) -> TimmVisionEncoder:
+        """The (untrained) encoder :attr:`description` describes, for loading saved weights into."""
+        return cls(description["model_name"], description["out_width"], description.get("timm_kwargs"))
 
     def forward(self, pixel_values: torch.Tensor, **_: object) -> BaseModelOutputWithPooling:
         """Return projected patch tokens (N, P, out_width) and their mean as ``pooler_output``."""

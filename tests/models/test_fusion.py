@@ -26,6 +26,7 @@ from rablip.models.fusion import (
     MultimodalRetrievalEncoder,
     TokenSequence,
 )
+from rablip.models.vision import TimmVisionEncoder
 
 VOCAB = 100
 NUM_QUERIES = 4
@@ -34,10 +35,11 @@ NUM_QUERIES = 4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def build_tiny_encoder(seed: int = 0, **fusion_kwargs) -> MultimodalRetrievalEncoder:
-    """Vision 32 wide / 2 layers, Q-Former 32 wide / 2 layers, 2 fusion layers; eval mode."""
+def build_tiny_encoder(seed: int = 0, timm_vision: bool = False, **fusion_kwargs) -> MultimodalRetrievalEncoder:
+    """Vision 32 wide / 2 layers (or timm's test_resnet projected to 32), Q-Former 32 wide / 2 layers,
+    2 fusion layers; eval mode."""
     torch.manual_seed(seed)
-    vision = InstructBlipVisionModel(
+    vision = TimmVisionEncoder("test_resnet", 32) if timm_vision else InstructBlipVisionModel(
         InstructBlipVisionConfig(
             hidden_size=32,
             intermediate_size=64,
@@ -201,8 +203,9 @@ def test_fusion_config_checks():
         FusionConfig(hidden_size=30, num_heads=4)
 
 
-def test_save_and_load_round_trip(tmp_path):
-    encoder = build_tiny_encoder(seed=3)
+@pytest.mark.parametrize("timm_vision", [False, True], ids=["instructblip_vit", "timm"])
+def test_save_and_load_round_trip(tmp_path, timm_vision):
+    encoder = build_tiny_encoder(seed=3, timm_vision=timm_vision)
     encoder.instruct_queries = False
     encoder.save_pretrained(tmp_path / "enc")
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [

@@ -27,7 +27,7 @@ def world_overrides(tmp: Path) -> list[str]:
     return [f"data.synthetic.world_dir={tmp / 'world'}", f"data.synthetic.entities={ENTITIES}",
             f"run.output_dir={tmp / 'run'}", f"model.fusion.checkpoint={tmp / 'encoder'}",
             f"retrieval.index_dir={tmp / 'index'}", "retrieval.shard_rows=8", "retrieval.encode_batch_size=4",
-            "data.synthetic.reading_warmup_steps=5"]
+            "data.synthetic.reading_warmup_steps=5", "data.synthetic.vision_warmup_steps=5"]
 
 
 def make_tiny_world(tmp: Path, extra: list[str] | None = None):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import BlipImageProcessor, InstructBlipForConditionalGeneration
+from transformers import BlipImageProcessor
 
 from rablip.config import load_config
 from rablip.data.kb import KBStore, build_kb_store
@@ -313,8 +313,8 @@ def world(tmp_path_factory):
     prepare_data(cfg)
     load_generator(cfg)  # builds the tiny checkpoint on first use
     # Spread the vision tower's weights, so that its features are O(1) whatever initialisation the
-    # checkpoint builder uses (transformers' own leaves them near 1e-6, where float16 keeps no precision).
-    checkpoint = InstructBlipForConditionalGeneration.from_pretrained(cfg.model.checkpoint)
+    # checkpoint builder uses (transformers' own leaves a ViT's near 1e-6, where float16 keeps no precision).
+    checkpoint = RABlipForConditionalGeneration.from_pretrained(cfg.model.checkpoint)
     randomize_weights(checkpoint.vision_model, seed=5)
     checkpoint.save_pretrained(cfg.model.checkpoint)
     return root / "world"

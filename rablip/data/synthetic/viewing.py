@@ -1,0 +1,56 @@
+"""Renderings of invented creatures with their visible attributes, for the tiny vision encoder's warm-up.
+
+A real RA-BLIP starts from a pre-trained vision encoder that already tells shapes and colours apart.
+The tiny one of the synthetic demo is built from scratch; trained only on the world's training
+images, it learns the few attribute combinations of the entities it sees rather than the attributes
+(BENCHMARKS.md, synthetic demo). So before it meets the world it looks at these: creatures drawn by
+the world's renderer with every attribute drawn independently, labelled with those attributes. No
+world entity's combination of attributes is drawn, so the world's unseen entities stay unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+from PIL import Image
+
+from rablip.data.synthetic.render import render_entity
+from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
+
+_STREAM_VIEWING = 8
+
+
+def attribute_label(attributes: Mapping[str, str]) -> list[int]:
+    """The index of each visible attribute's value in :data:`VISUAL_ATTRIBUTES` (in its key order)."""
+    return [VISUAL_ATTRIBUTES[key].index(attributes[key]) for key in VISUAL_ATTRIBUTES]
+
+
+def class_counts() -> list[int]:
+    """How many values each visible attribute has, in the order of :func:`attribute_label`."""
+    return [len(values) for values in VISUAL_ATTRIBUTES.values()]
+
+
+def viewing_batches(seed: int, batch_size: int, image_size: int,
+                    avoid: Iterable[Mapping[str, str]] = ()) -> Iterator[tuple[list[Image.Image], list[list[int]]]]:
+    """An endless, seeded stream of (renderings, attribute labels) batches of invented creatures.
+
+    ``avoid`` holds attribute dicts (the world's entities'); no rendering has one of their combinations.
+    """
+    rng = np.random.default_rng([seed, _STREAM_VIEWING])
+    avoided = _combinations(avoid)
+    while True:
+        looks = [invented_look(rng, avoided) for _ in range(batch_size)]
+        yield [render_entity(look, rng, image_size) for look in looks], [attribute_label(look) for look in looks]
+
+
+def _combinations(looks: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
+    return {tuple(look[key] for key in VISUAL_ATTRIBUTES) for look in looks}
+
+
+def invented_look(rng: np.random.Generator, avoided: set[tuple[str, ...]]) -> dict[str, str]:
+    """Visible attributes drawn independently, redrawn while their combination is in ``avoided``."""
+    while True:
+        look = {key: str(values[rng.integers(len(values))]) for key, values in VISUAL_ATTRIBUTES.items()}
+        if tuple(look.values()) not in avoided:
+            return look

@@ -1,0 +1,53 @@
+"""Supervised warm-up of a freshly built vision encoder: classify what each image shows.
+
+Used when the synthetic demo builds its tiny generator, so that its from-scratch vision encoder tells
+shapes, colours, patterns and sizes apart before it is frozen (see :mod:`rablip.data.synthetic.viewing`).
+One linear head per attribute reads the mean of the encoder's tokens; the heads are thrown away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from rablip.models.warmup import run_warm_up
+
+
+class AttributeHeads(torch.nn.Module):
+    """A vision encoder with one linear classifier per attribute on its mean-pooled tokens."""
+
+    def __init__(self, vision_model: torch.nn.Module, width: int, class_counts: Sequence[int]):
+        super().__init__()
+        self.vision_model = vision_model
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, count) for count in class_counts)
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        pooled = self.vision_model(pixel_values=pixel_values).last_hidden_state.mean(dim=1)
+        return [head(pooled) for head in self.heads]
+
+
+def attribute_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Sum over attributes of the cross-entropy; ``labels`` is (N, attributes)."""
+    return sum(torch.nn.functional.cross_entropy(head, labels[:, i]) for i, head in enumerate(logits))
+
+
+def warm_up_vision_model(vision_model: torch.nn.Module, image_processor, width: int, class_counts: Sequence[int],
+                         batches: Iterator[tuple[list[Image.Image], list[list[int]]]], steps: int,
+                         lr: float = 2e-3, warmup_steps: int = 50, seed: int = 0,
+                         show_progress: bool = True) -> list[float]:
+    """Train ``vision_model`` in place for ``steps`` steps on labelled image batches; returns the losses.
+
+    ``width`` is the width of the encoder's tokens, ``class_counts`` the number of values of each
+    attribute (the label columns)."""
+    torch.manual_seed(seed)
+    model = AttributeHeads(vision_model, width, class_counts)
+
+    def step_loss(_: int) -> torch.Tensor:
+        images, labels = next(batches)
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return attribute_loss(model(pixel_values), torch.tensor(labels))
+
+    return run_warm_up(model, step_loss, steps, lr=lr, warmup_steps=warmup_steps,
+                       desc="vision viewing warm-up", show_progress=show_progress)
