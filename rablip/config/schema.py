@@ -223,15 +223,9 @@ class SyntheticConfig:
     name the shape, colour, pattern and size of renderings of invented creatures
     (rablip.data.synthetic.viewing; no world entity's looks), standing in for the pre-trained vision
     encoder a real checkpoint brings. 0: none."""
-    invented_visual_share: float = 0.0
-    """Fine-tuning: share of training examples replaced by a visual question about a rendering of an
-    invented creature (rablip.data.synthetic.viewing; no world entity's looks), with random knowledge
-    items as references, so the generator names attributes instead of recalling which seen entity
-    shows which; it stands in for the general visual instruction data a real checkpoint was tuned on."""
 
     def __post_init__(self) -> None:
         _positive("data.synthetic.entities", self.entities)
-        _range("data.synthetic.invented_visual_share", self.invented_visual_share, 0.0, 1.0)
         _positive("data.synthetic.reading_warmup_steps", self.reading_warmup_steps, allow_zero=True)
         _positive("data.synthetic.vision_warmup_steps", self.vision_warmup_steps, allow_zero=True)
         _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)

@@ -4,8 +4,7 @@ References come from ``retrieval.source``: the dataset's gold relevance labels, 
 file, a live index (its results cached as a static file in the run dir), or none. With
 ``askg.enabled`` they are mixed with irrelevant items and every example also yields an ASKG
 relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets;
-``noise.counterfactual`` swaps answers in references and targets (:mod:`rablip.training.counterfactual`);
-``data.synthetic.invented_visual_share`` mixes in visual questions about invented creatures. With
+``noise.counterfactual`` swaps answers in references and targets (:mod:`rablip.training.counterfactual`). With
 ``train.feature_cache`` the references' images come as precomputed vision features from the
 frozen-feature cache (:mod:`rablip.training.feature_cache`) instead of decoded pixels.
 """
@@ -25,7 +24,6 @@ from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
 from rablip.data.splits import load_split
-from rablip.data.synthetic.viewing import InventedVisualQuestions
 from rablip.errors import ConfigError
 from rablip.evaluation.predict import generate_answers
 from rablip.evaluation.vqa_metric import vqa_accuracy
@@ -68,13 +66,10 @@ class ReferenceSource:
 class FinetuneDataset(Dataset):
     """Indexed by ``(example index, epoch)``: the QA sample and, with ASKG, the selection sample.
     With ``features`` (a feature cache), item images in it come as cached features, not pixels; with
-    ``counterfactual``, some examples get answer swaps; with ``invented``, a share of
-    ``data.synthetic.invented_visual_share`` of them is replaced by one of its visual questions, with
-    random items as references (training only)."""
+    ``counterfactual``, some examples get answer swaps (training only)."""
 
     def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource,
-                 features: FeatureCache | None = None, counterfactual: CounterfactualAnswers | None = None,
-                 invented: InventedVisualQuestions | None = None) -> None:
+                 features: FeatureCache | None = None, counterfactual: CounterfactualAnswers | None = None) -> None:
         self.cfg = cfg
         self.examples = examples
         self.kb = kb
@@ -82,7 +77,6 @@ class FinetuneDataset(Dataset):
         self.features = features
         self.random_items = RandomKBItems(kb)
         self.counterfactual = counterfactual
-        self.invented = invented
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
 
@@ -112,12 +106,7 @@ class FinetuneDataset(Dataset):
         index, epoch = key
         example = self.examples[index]
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
-        if self.invented is not None and rng.random() < self.cfg.data.synthetic.invented_visual_share:
-            example = self.invented.draw(rng, f"invented-{epoch}-{index}")
-            k = self.cfg.retrieval.k if self.cfg.retrieval.source != "none" else 0
-            plan = ReferencePlan(ids=self.random_items(rng, k, set(), set()), relevant=[False] * k)
-        else:
-            plan = self.plan(example, rng)
+        plan = self.plan(example, rng)
         load_q, load_item = self.question_images.load, self.item_images.load
         items, selection_items = self.kb.get_many(plan.ids), self.kb.get_many(plan.selection_ids or [])
         swap = self.counterfactual.draw(example, items, rng) if self.counterfactual else None
@@ -184,19 +173,6 @@ def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references:
     return evaluate
 
 
-def invented_questions(cfg: Config) -> InventedVisualQuestions | None:
-    """The invented creatures' visual questions when ``data.synthetic.invented_visual_share`` is set."""
-    if not cfg.data.synthetic.invented_visual_share:
-        return None
-    if cfg.data.dataset != "synthetic":
-        raise ConfigError(f"data.synthetic.invented_visual_share={cfg.data.synthetic.invented_visual_share} "
-                          f"renders the synthetic world's creatures; set it to 0 for data.dataset={cfg.data.dataset}.")
-    from rablip.data.synthetic.files import load_manifest
-
-    looks = [entity["attributes"] for entity in load_manifest(cfg.data.synthetic.world_dir)["entities"]]
-    return InventedVisualQuestions(looks, cfg.data.synthetic.image_size)
-
-
 def finetune(cfg: Config) -> int:
     accelerator, run_dir, model = start_stage(cfg)
     collator = build_collator(cfg, model, max_references(cfg))
@@ -207,7 +183,7 @@ def finetune(cfg: Config) -> int:
                                  device=accelerator.device)
     examples = load_split(cfg.data, "train")
     counterfactual = CounterfactualAnswers(examples, cfg.noise.counterfactual, cfg.noise.counterfactual_types)
-    dataset = FinetuneDataset(cfg, examples, kb, references, features, counterfactual, invented_questions(cfg))
+    dataset = FinetuneDataset(cfg, examples, kb, references, features, counterfactual)
     evaluate = None
     if cfg.train.eval_every and cfg.data.val.path:
         val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir, "val")

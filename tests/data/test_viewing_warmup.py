@@ -1,24 +1,14 @@
-"""Invented creatures (no world entity's looks): the tiny vision encoder's viewing corpus and supervised
-warm-up, and the visual questions mixed into fine-tuning."""
+"""The tiny vision encoder's viewing corpus (invented creatures only) and its supervised warm-up."""
 
-import io
 import itertools
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import BlipImageProcessor
 
 from rablip.data.synthetic.entities import sample_entities
-from rablip.data.synthetic.questions import TEMPLATES
-from rablip.data.synthetic.viewing import (
-    InventedVisualQuestions,
-    attribute_label,
-    class_counts,
-    viewing_batches,
-)
+from rablip.data.synthetic.viewing import attribute_label, class_counts, viewing_batches
 from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
 from rablip.models.vision import TimmVisionEncoder
 from rablip.models.vision_warmup import warm_up_vision_model
@@ -71,21 +61,3 @@ def test_warm_up_lowers_the_attribute_loss_and_keeps_frozen_weights_frozen():
     assert all(not torch.equal(before[name], p) for name, p in encoder.named_parameters())
     assert not any(p.requires_grad for p in encoder.parameters()), "frozen before, frozen after"
 
-
-def test_invented_visual_questions_ask_about_what_the_rendering_shows():
-    only = ALL_LOOKS[123]
-    questions = InventedVisualQuestions([look for look in ALL_LOOKS if look != only], image_size=32)
-    rng = np.random.default_rng(0)
-    drawn = [questions.draw(rng, f"invented-{i}") for i in range(40)]
-    again = [InventedVisualQuestions([look for look in ALL_LOOKS if look != only], 32).draw(r, "x")
-             for r in [np.random.default_rng(0)]]
-    assert again[0].question == drawn[0].question and again[0].image == drawn[0].image, "seeded"
-    asked = set()
-    for example in drawn:
-        attribute = example.extra["attribute"]
-        asked.add(attribute)
-        assert example.question in TEMPLATES[attribute] and example.question_type == "visual"
-        assert Counter(example.answers).most_common(1)[0][0] == only[attribute], "the one allowed look"
-        assert len(example.answers) == 10 and example.relevant_ids == []
-        assert Image.open(io.BytesIO(example.image)).size == (32, 32)
-    assert asked == set(VISUAL_ATTRIBUTES)

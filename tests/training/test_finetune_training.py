@@ -12,9 +12,6 @@ from rablip.config import load_config
 from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
-from rablip.data.synthetic.questions import TEMPLATES
-from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
-from rablip.errors import ConfigError
 from rablip.models.factory import build_collator, load_generator
 from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.finetune import (
@@ -22,12 +19,9 @@ from rablip.training.finetune import (
     ReferenceSource,
     answer_loss,
     flatten_collate,
-    invented_questions,
     max_references,
 )
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
-
-VISUAL_TEMPLATES = [TEMPLATES[attribute] for attribute in VISUAL_ATTRIBUTES]
 
 
 def world_config(world, run_dir, *extra):
@@ -131,26 +125,3 @@ def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world
     loaded = RABlipForConditionalGeneration.from_pretrained(str(tmp_path / "saved")).language_model
     assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
     torch.testing.assert_close(loaded.get_output_embeddings().weight, llm.get_output_embeddings().weight)
-
-
-def test_invented_visual_questions_replace_the_configured_share_of_training_examples(world, tmp_path):
-    cfg = world_config(world, tmp_path / "run", "data.synthetic.invented_visual_share=0.5", "askg.enabled=false",
-                       "noise.random_snippets=0")
-    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
-    examples = load_split(cfg.data, "train")
-    dataset = FinetuneDataset(cfg, examples, kb, ReferenceSource(cfg, tmp_path), invented=invented_questions(cfg))
-    plain = FinetuneDataset(cfg, examples, kb, ReferenceSource(cfg, tmp_path))
-    replaced = 0
-    for index in range(len(examples)):
-        (sample,), (original,) = dataset[(index, 0)], plain[(index, 0)]
-        if sample.example_id.startswith("invented-"):
-            replaced += 1
-            assert sample.question in {q for templates in VISUAL_TEMPLATES for q in templates}
-            assert len(sample.references) == cfg.retrieval.k
-            assert len({ref.item.id for ref in sample.references}) == cfg.retrieval.k, "k distinct KB items"
-        else:
-            assert (sample.question, sample.target) == (original.question, original.target)
-    assert 0.3 * len(examples) < replaced < 0.7 * len(examples)
-    with pytest.raises(ConfigError, match="invented_visual_share"):
-        invented_questions(load_config(FINETUNE_CONFIG, finetune_args(world, tmp_path / "r", "data.dataset=okvqa",
-                                                                      "data.synthetic.invented_visual_share=0.5")[2:]))

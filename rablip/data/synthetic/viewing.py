@@ -1,5 +1,4 @@
-"""Renderings of invented creatures with their visible attributes: for the tiny vision encoder's
-warm-up, and as visual questions mixed into the generator's fine-tuning.
+"""Renderings of invented creatures with their visible attributes, for the tiny vision encoder's warm-up.
 
 A real RA-BLIP starts from a pre-trained vision encoder that already tells shapes and colours apart.
 The tiny one of the synthetic demo is built from scratch; trained only on the world's training
@@ -7,28 +6,19 @@ images, it learns the few attribute combinations of the entities it sees rather 
 (BENCHMARKS.md, synthetic demo). So before it meets the world it looks at these: creatures drawn by
 the world's renderer with every attribute drawn independently, labelled with those attributes. No
 world entity's combination of attributes is drawn, so the world's unseen entities stay unseen.
-
-The generator meets the same problem one step later: asked about the colour or shape of the seen
-entities only, it learns which entity shows which answer. :class:`InventedVisualQuestions` gives it
-visual questions about invented creatures as well, as the general visual instruction data a real
-checkpoint was tuned on would.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
 
-from rablip.data.records import QAExample
-from rablip.data.synthetic.questions import TEMPLATES, ten_answers
 from rablip.data.synthetic.render import render_entity
 from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
 
 _STREAM_VIEWING = 8
-JPEG_QUALITY = 90
 
 
 def attribute_label(attributes: Mapping[str, str]) -> list[int]:
@@ -64,23 +54,3 @@ def invented_look(rng: np.random.Generator, avoided: set[tuple[str, ...]]) -> di
         look = {key: str(values[rng.integers(len(values))]) for key, values in VISUAL_ATTRIBUTES.items()}
         if tuple(look.values()) not in avoided:
             return look
-
-
-class InventedVisualQuestions:
-    """Visual questions (shape, colour, pattern or size, with the world's templates and ten answers)
-    about renderings of invented creatures, drawn from the caller's generator."""
-
-    def __init__(self, avoid: Iterable[Mapping[str, str]], image_size: int) -> None:
-        self.avoided = _combinations(avoid)
-        self.image_size = image_size
-
-    def draw(self, rng: np.random.Generator, example_id: str) -> QAExample:
-        look = invented_look(rng, self.avoided)
-        attribute = list(VISUAL_ATTRIBUTES)[int(rng.integers(len(VISUAL_ATTRIBUTES)))]
-        templates = TEMPLATES[attribute]
-        question = templates[int(rng.integers(len(templates)))]
-        buffer = io.BytesIO()
-        render_entity(look, rng, self.image_size).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        answers = [answer["answer"] for answer in ten_answers(look[attribute], rng)]
-        return QAExample(id=example_id, image=buffer.getvalue(), question=question, answers=answers,
-                         question_type="visual", relevant_ids=[], extra={"attribute": attribute, "invented": True})
