@@ -20,7 +20,8 @@ configs carry their own)."""
 
 
 class TimmVisionEncoder(nn.Module):
-    """A timm backbone (created with ``pretrained=False``) whose tokens are projected to ``out_width``.
+    """A timm backbone (created with ``pretrained=False``) whose tokens are projected to ``out_width``
+    and layer-normalised.
 
     ViT-like backbones give (N, P, C) tokens from ``forward_features``; convolutional ones give
     (N, C, h, w) maps, flattened to h*w tokens. A linear projection maps C to ``out_width`` when
@@ -37,6 +38,9 @@ class TimmVisionEncoder(nn.Module):
             raise ConfigError(f"model.timm_model_name={model_name!r} with {timm_kwargs}: {error}") from error
         width = self.backbone.num_features
         self.proj = nn.Linear(width, out_width) if width != out_width else nn.Identity()
+        # BLIP's ViT ends in a LayerNorm, so the Q-Former always cross-attends to normalised tokens;
+        # a convolutional backbone's raw activations are not (test_resnet's: std about 4).
+        self.norm = nn.LayerNorm(out_width)
         self.description = {"model_type": TIMM_MODEL_TYPE, "model_name": model_name, "out_width": out_width,
                             "timm_kwargs": dict(timm_kwargs or {})}
 
@@ -51,7 +55,7 @@ class TimmVisionEncoder(nn.Module):
         features = self.backbone.forward_features(pixel_values.to(weight.dtype))
         if features.dim() == 4:
             features = features.flatten(2).transpose(1, 2)
-        tokens = self.proj(features)
+        tokens = self.norm(self.proj(features))
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=tokens.mean(dim=1))
 
 
