@@ -13,10 +13,7 @@ each as a subprocess with its log in ``DIR/logs/``:
    tokens and Q-Former for fine-tuning to start from, as BLIP-2's second stage does;
 3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
    with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
-   align the generator on the visual training questions alone (``run_finetune.py`` with
-   ``data.train_question_types=[visual]``, no references): the Q-Former's outputs learn to speak to
-   the LLM before the question kinds compete, as BLIP-2's second stage does before any task;
-4. fine-tune three generators from the same aligned generator (``run_finetune.py``):
+4. fine-tune three generators from the same pre-trained encoder (``run_finetune.py``):
    ``no_retrieval`` (question image and question only), ``ra`` (the retriever's top k, clean) and
    ``ra_askg`` (ASKG: noise ratio 0.5, selection weight 0.1, plus a random noise snippet);
 5. evaluate each on the test split (``run_eval.py``) with clean retrieval and with noisy retrieval
@@ -55,9 +52,6 @@ VARIANTS = {
                 "askg.negatives=hard", "noise.random_snippets=1", "noise.counterfactual=0.5",
                 "noise.counterfactual_types=[knowledge]"],
 }
-ALIGN = ["data.train_question_types=[visual]", "retrieval.source=none", "askg.enabled=false",
-         "noise.random_snippets=0", "noise.counterfactual=0"]
-"""The alignment stage before the variants: visual questions only, no references."""
 NOISY_FRACTION = 0.5
 EDIT_FRACTION = 0.2
 TARGETS = {
@@ -158,17 +152,14 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
                                             "eval.retrieval_only=true", "retrieval.instruct_queries=false"),
             ["index"]),
     ]
-    jobs.append(Job("align", stage("run_finetune.py", "finetune", "align",
-                                   f"model.checkpoint={out / 'pretrain' / 'final' / 'generator'}", *ALIGN, *finetune),
-                    ["pretrain"]))
     # ra_askg's fine-tuning is the longest job: it starts first, the others share the second core.
     for variant in sorted(VARIANTS, key=lambda name: name != "ra_askg"):
         overrides = VARIANTS[variant]
         checkpoint = f"eval.checkpoint={out / f'finetune_{variant}' / 'final'}"
         source = [o for o in overrides if o.startswith("retrieval.source")]
-        start = f"model.checkpoint={out / 'align' / 'final'}"
+        start = f"model.checkpoint={out / 'pretrain' / 'final' / 'generator'}"
         jobs.append(Job(f"finetune_{variant}", stage("run_finetune.py", "finetune", f"finetune_{variant}", start,
-                                                     *overrides, *finetune), ["index", "align"]))
+                                                     *overrides, *finetune), ["index"]))
         if variant == "ra_askg":
             jobs += retrieval
         jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *source),

@@ -250,9 +250,6 @@ class DataConfig:
     """LLM input tokens (references are truncated first)."""
     max_target_length: int = 32
     qformer_max_length: int = 64
-    train_question_types: list[str] = field(default_factory=list)
-    """Fine-tuning trains on the training questions of these question types only (empty: all), e.g.
-    [visual] for a first stage that aligns the Q-Former's outputs with the LLM on what images show."""
 
     def __post_init__(self) -> None:
         _choice("data.dataset", self.dataset, ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek", "synthetic"))

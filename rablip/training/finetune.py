@@ -173,20 +173,6 @@ def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references:
     return evaluate
 
 
-def training_examples(cfg: Config) -> list[QAExample]:
-    """The training split, restricted to ``data.train_question_types`` when that is set."""
-    examples = load_split(cfg.data, "train")
-    wanted = set(cfg.data.train_question_types)
-    if not wanted:
-        return examples
-    kept = [example for example in examples if example.question_type in wanted]
-    if not kept:
-        present = sorted({str(example.question_type) for example in examples})
-        raise ConfigError(f"data.train_question_types={sorted(wanted)} keeps none of the {len(examples)} training "
-                          f"questions in {cfg.data.train.path}; their types are {present}.")
-    return kept
-
-
 def finetune(cfg: Config) -> int:
     accelerator, run_dir, model = start_stage(cfg)
     collator = build_collator(cfg, model, max_references(cfg))
@@ -195,7 +181,7 @@ def finetune(cfg: Config) -> int:
     with accelerator.main_process_first():
         features = cache_for_run(cfg, model, collator.image_processor, kb, is_main_process=accelerator.is_main_process,
                                  device=accelerator.device)
-    examples = training_examples(cfg)
+    examples = load_split(cfg.data, "train")
     counterfactual = CounterfactualAnswers(examples, cfg.noise.counterfactual, cfg.noise.counterfactual_types)
     dataset = FinetuneDataset(cfg, examples, kb, references, features, counterfactual)
     evaluate = None

@@ -12,7 +12,6 @@ from rablip.config import load_config
 from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
-from rablip.errors import ConfigError
 from rablip.models.factory import build_collator, load_generator
 from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.finetune import (
@@ -21,7 +20,6 @@ from rablip.training.finetune import (
     answer_loss,
     flatten_collate,
     max_references,
-    training_examples,
 )
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
 
@@ -127,12 +125,3 @@ def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world
     loaded = RABlipForConditionalGeneration.from_pretrained(str(tmp_path / "saved")).language_model
     assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
     torch.testing.assert_close(loaded.get_output_embeddings().weight, llm.get_output_embeddings().weight)
-
-
-def test_training_question_types_restrict_the_training_split(world, tmp_path):
-    everything = training_examples(world_config(world, tmp_path / "run"))
-    visual = training_examples(world_config(world, tmp_path / "run", "data.train_question_types=[visual]"))
-    assert {e.question_type for e in everything} == {"knowledge", "visual", "naming"}
-    assert visual == [e for e in everything if e.question_type == "visual"] and visual
-    with pytest.raises(ConfigError, match="keeps none of the .* types are \\['knowledge', 'naming', 'visual'\\]"):
-        training_examples(world_config(world, tmp_path / "run", "data.train_question_types=[colour]"))
