@@ -12,6 +12,7 @@ from rablip.config import load_config
 from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
+from rablip.errors import ConfigError
 from rablip.models.factory import build_collator, load_generator
 from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.finetune import (
@@ -125,3 +126,13 @@ def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world
     loaded = RABlipForConditionalGeneration.from_pretrained(str(tmp_path / "saved")).language_model
     assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
     torch.testing.assert_close(loaded.get_output_embeddings().weight, llm.get_output_embeddings().weight)
+
+
+def test_a_config_naming_another_vision_encoder_than_the_checkpoints_is_refused(world, tmp_path):
+    cfg = world_config(world, tmp_path / "run")
+    assert (cfg.model.vision_backend, cfg.model.timm_name) == ("timm", "test_resnet")
+    assert load_generator(cfg).config.timm_model_name == "test_resnet"
+    with pytest.raises(ConfigError, match="has a timm test_resnet vision encoder but the config asks for hf"):
+        load_generator(world_config(world, tmp_path / "run", "model.vision_backend=hf"))
+    with pytest.raises(ConfigError, match="asks for timm test_convnext"):
+        load_generator(world_config(world, tmp_path / "run", "model.timm_name=test_convnext"))
