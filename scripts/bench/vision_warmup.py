@@ -7,8 +7,9 @@ viewing warm-up, and does it tell them on entities it has never seen?
 Builds a synthetic world (in ``--work``, temporary by default), then for each encoder runs the warm-up
 the tiny generator gets when it is built (:func:`rablip.models.vision_warmup.warm_up_vision_model` on
 :func:`rablip.data.synthetic.viewing.viewing_batches`: invented creatures, none with a world entity's
-looks, same seed, same steps) and scores its attribute heads on the world's test images, split by
-whether the pictured entity is seen in training questions or not. ``vit`` is InstructBLIP's vision
+looks, same seed, same steps). Then a linear probe of the frozen encoder's features, fitted on new
+invented creatures, is scored on the world's test images, split by whether the pictured entity is
+seen in training questions or not. ``vit`` is InstructBLIP's vision
 tower at the sizes of ``configs/model/tiny.yaml`` before it switched to timm (64 wide, 2 layers,
 patch 8); the others are timm architectures, projected to 64. One torch thread. Prints a Markdown
 table of accuracies in percent and the seconds each warm-up took.
@@ -36,7 +37,7 @@ from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES  # noqa: E402
 from rablip.data.synthetic.world import WorldSettings, build_world  # noqa: E402
 from rablip.models.factory import CLIP_MEAN, CLIP_STD  # noqa: E402
 from rablip.models.vision import TimmVisionEncoder  # noqa: E402
-from rablip.models.vision_warmup import AttributeHeads, warm_up_vision_model  # noqa: E402
+from rablip.models.vision_warmup import AttributeHeads, attribute_loss, warm_up_vision_model  # noqa: E402
 
 WIDTH, IMAGE_SIZE = 64, 64
 
@@ -120,7 +121,7 @@ def fit_probe(heads: AttributeHeads, processor, batches, steps: int = 300) -> No
     for _ in range(steps):
         images, labels = next(batches)
         logits = heads(processor(images=images, return_tensors="pt")["pixel_values"])
-        loss = sum(torch.nn.functional.cross_entropy(h, torch.tensor(labels)[:, i]) for i, h in enumerate(logits))
+        loss = attribute_loss(logits, torch.tensor(labels))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
