@@ -223,9 +223,14 @@ class SyntheticConfig:
     name the shape, colour, pattern and size of renderings of invented creatures
     (rablip.data.synthetic.viewing; no world entity's looks), standing in for the pre-trained vision
     encoder a real checkpoint brings. 0: none."""
+    pretrain_invented_share: float = 0.0
+    """Share of run_pretrain's pairs drawn fresh each time from invented creatures (a rendering as the
+    query, its fact text or caption as the item; rablip.data.synthetic.describing; no world entity's look
+    or name), standing in for the generic image-text pairs a real Q-Former is pre-trained on. 0: none."""
 
     def __post_init__(self) -> None:
         _positive("data.synthetic.entities", self.entities)
+        _range("data.synthetic.pretrain_invented_share", self.pretrain_invented_share, 0.0, 0.9)
         _positive("data.synthetic.reading_warmup_steps", self.reading_warmup_steps, allow_zero=True)
         _positive("data.synthetic.vision_warmup_steps", self.vision_warmup_steps, allow_zero=True)
         _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)

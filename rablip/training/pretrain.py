@@ -30,6 +30,8 @@ from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.records import KBItem, QAExample
 from rablip.data.splits import load_split
+from rablip.data.synthetic.describing import InventedPairs
+from rablip.data.synthetic.files import load_manifest
 from rablip.evaluation.retrieval_metrics import retrieval_scores
 from rablip.models.factory import QFORMER_TOKENIZER_DIR, build_retrieval_encoder, processor_dirs
 from rablip.retrieval.batches import RetrievalBatcher
@@ -88,23 +90,40 @@ def new_view(image, rng: np.random.Generator):
     return canvas.rotate(angle, translate=shift, fillcolor=image.getpixel((0, 0)))
 
 
-class PairDataset(Dataset):
-    """Indexed by ``(pair index, epoch)``: the query image, question, target item and its image."""
+def invented_pairs(cfg: Config, real_pairs: int) -> tuple[InventedPairs | None, int]:
+    """The synthetic world's source of invented-creature pairs and how many to add to ``real_pairs``
+    (``data.synthetic.pretrain_invented_share`` of all); (None, 0) when there are none."""
+    share = cfg.data.synthetic.pretrain_invented_share
+    if cfg.data.dataset != "synthetic" or share == 0:
+        return None, 0
+    entities = load_manifest(cfg.data.synthetic.world_dir)["entities"]
+    source = InventedPairs(cfg.run.seed, cfg.data.synthetic.image_size, [e["attributes"] for e in entities],
+                           [e["name"] for e in entities])
+    return source, round(real_pairs * share / (1.0 - share))
 
-    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore) -> None:
-        self.cfg, self.pairs, self.kb = cfg, pairs, kb
-        entity = cfg.train.item_pairs == "entity"
+
+class PairDataset(Dataset):
+    """Indexed by ``(pair index, epoch)``: the query image, question, target item and its image. Indexes
+    past the real pairs are ``extra`` pairs drawn from ``invented`` (a new creature every epoch)."""
+
+    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore, invented: InventedPairs | None = None,
+                 extra: int = 0) -> None:
+        self.cfg, self.pairs, self.kb, self.invented, self.extra = cfg, pairs, kb, invented, extra if invented else 0
+        entity = cfg.train.item_pairs == "entity" or self.extra > 0
         self.questions = sorted({pair.question for pair in pairs if pair.question}) if entity else []
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.pairs) + self.extra
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[object, str, KBItem, object]:
         index, epoch = key
-        pair = self.pairs[index]
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
+        if index >= len(self.pairs):
+            image, item = self.invented.pair(rng)
+            return image, self.questions[int(rng.integers(len(self.questions)))], item, None
+        pair = self.pairs[index]
         item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
         item_image = self.item_images.load(item.image, item.id) if item.modality != "text" else None
         question = pair.question
@@ -211,7 +230,9 @@ def pretrain(cfg: Config) -> int:
 
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
     pairs = build_pairs(load_split(cfg.data, "train"), kb, cfg.train.item_pairs)
-    log.info("pre-training pairs: %d (knowledge items and training questions)", len(pairs))
+    invented, extra = invented_pairs(cfg, len(pairs))
+    log.info("pre-training pairs: %d (knowledge items and training questions)%s", len(pairs),
+             f" and {extra} of invented creatures" if extra else "")
     evaluate = make_retrieval_evaluator(cfg, batcher, kb) if cfg.data.val.path else None
 
     def save_final(m: torch.nn.Module, out: Path) -> None:
@@ -219,6 +240,6 @@ def pretrain(cfg: Config) -> int:
         if cfg.model.export_generator:
             export_generator(generator, out / GENERATOR_DIR)
 
-    task = TrainTask(model=model, dataset=PairDataset(cfg, pairs, kb), collate=make_collate(batcher),
+    task = TrainTask(model=model, dataset=PairDataset(cfg, pairs, kb, invented, extra), collate=make_collate(batcher),
                      loss=make_loss(cfg), save_final=save_final, evaluate=evaluate)
     return finish_stage(cfg, task, accelerator, run_dir, "pre-training done")

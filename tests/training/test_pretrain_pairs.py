@@ -8,7 +8,7 @@ from rablip.config import load_config
 from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
-from rablip.training.pretrain import PairDataset, build_pairs, new_view
+from rablip.training.pretrain import PairDataset, build_pairs, invented_pairs, new_view
 from tests.retrieval.tiny_world import PRETRAIN_CONFIG, world_overrides
 
 
@@ -71,3 +71,25 @@ def test_a_new_view_keeps_size_and_colours():
     red = (view[..., 0] > 180) & (view[..., 1] < 90)
     assert view.shape == (64, 64, 3) and 150 < red.sum() < 400
     assert tuple(view[0, 0]) == tuple(view[-1, -1]) == (200, 200, 200), "uncovered border takes the corner colour"
+
+
+def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_every_epoch(world):
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.synthetic.pretrain_invented_share=0.25"])
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    examples = load_split(cfg.data, "train")
+    pairs = build_pairs(examples, kb, cfg.train.item_pairs)
+    invented, extra = invented_pairs(cfg, len(pairs))
+    assert extra == round(len(pairs) / 3)
+    dataset = PairDataset(cfg, pairs, kb, invented, extra)
+    assert len(dataset) == len(pairs) + extra
+    names = {item.title for b in kb.iter_batches(64) for item in b}
+    questions = {ex.question for ex in examples}
+    drawn = [dataset[(len(pairs) + extra - 1, epoch)] for epoch in range(3)]
+    for query_image, question, item, item_image in drawn:
+        assert query_image is not None and item_image is None and item.modality == "text"
+        assert question in questions and item.title not in names
+    assert len({item.id for _, _, item, _ in drawn}) == 3
+    real = dataset[(0, 0)][2]
+    assert real.id in {i for p in pairs for i in p.item_ids}
+    off = load_config(str(PRETRAIN_CONFIG), world_overrides(world))
+    assert invented_pairs(off, len(pairs)) == (None, 0)

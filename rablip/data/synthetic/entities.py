@@ -100,6 +100,18 @@ class Entity:
         )
 
 
+def invented_entity(rng: np.random.Generator, name: str, attributes: dict[str, str] | None = None) -> Entity:
+    """A creature made up outside any world (role ``invented``): the given visible ``attributes`` (else
+    random ones), random facts and random text templates."""
+    if attributes is None:
+        attributes = {key: str(values[rng.integers(len(values))]) for key, values in VISUAL_ATTRIBUTES.items()}
+    return Entity(
+        id="invented", name=name, role="invented", attributes=dict(attributes),
+        facts={key: str(values[rng.integers(len(values))]) for key, values in HIDDEN_FACTS.items()},
+        caption_template=int(rng.integers(len(CAPTION_TEMPLATES))),
+        fact_template=int(rng.integers(len(FACT_TEMPLATES))))
+
+
 def split_counts(n_entities: int, unseen_fraction: float) -> tuple[int, int]:
     """(seen, unseen per evaluation split) so that about ``unseen_fraction`` of val's (and test's)
     entities are unseen: val holds the seen entities plus its own unseen ones, test likewise."""

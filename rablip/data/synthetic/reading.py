@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rablip.data import prompts
-from rablip.data.synthetic.entities import CAPTION_TEMPLATES, FACT_TEMPLATES, Entity, make_names
+from rablip.data.synthetic.entities import invented_entity, make_names
 from rablip.data.synthetic.questions import KNOWLEDGE_ATTRIBUTES, TEMPLATES
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
 
 _STREAM_READING = 7
 MAX_REFERENCES = 3
@@ -31,15 +30,6 @@ class ReadingExample:
     answer: str
 
 
-def _invented(rng: np.random.Generator, name: str) -> Entity:
-    return Entity(
-        id="invented", name=name, role="invented",
-        attributes={key: str(values[rng.integers(len(values))]) for key, values in VISUAL_ATTRIBUTES.items()},
-        facts={key: str(values[rng.integers(len(values))]) for key, values in HIDDEN_FACTS.items()},
-        caption_template=int(rng.integers(len(CAPTION_TEMPLATES))),
-        fact_template=int(rng.integers(len(FACT_TEMPLATES))))
-
-
 def reading_examples(seed: int, avoid_names: Iterable[str] = (), pool: int = 2000) -> Iterator[ReadingExample]:
     """An endless, seeded stream of reading examples; invented names never equal ``avoid_names``."""
     rng = np.random.default_rng([seed, _STREAM_READING])
@@ -47,7 +37,7 @@ def reading_examples(seed: int, avoid_names: Iterable[str] = (), pool: int = 200
     names = [name for name in make_names(rng, pool + len(avoid)) if name not in avoid][:pool]
     while True:
         picked = rng.choice(len(names), size=int(rng.integers(1, MAX_REFERENCES + 1)), replace=False)
-        creatures = [_invented(rng, names[int(i)]) for i in picked]
+        creatures = [invented_entity(rng, names[int(i)]) for i in picked]
         asked = creatures[0]
         references = [(asked.name, asked.facts_text())] + [(c.name, c.caption()) for c in creatures[1:]]
         order = rng.permutation(len(references))

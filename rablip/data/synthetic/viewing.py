@@ -38,13 +38,14 @@ def viewing_batches(seed: int, batch_size: int, image_size: int,
     ``avoid`` holds attribute dicts (the world's entities'); no rendering has one of their combinations.
     """
     rng = np.random.default_rng([seed, _STREAM_VIEWING])
-    avoided = _combinations(avoid)
+    avoided = look_combinations(avoid)
     while True:
         looks = [invented_look(rng, avoided) for _ in range(batch_size)]
         yield [render_entity(look, rng, image_size) for look in looks], [attribute_label(look) for look in looks]
 
 
-def _combinations(looks: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
+def look_combinations(looks: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
+    """The attribute combinations of ``looks`` (attribute dicts), as :func:`invented_look` avoids them."""
     return {tuple(look[key] for key in VISUAL_ATTRIBUTES) for look in looks}
 
 
