@@ -24,6 +24,11 @@ class ConfigValueError(ConfigError):
         self.detail = message
 
 
+TRAINABLE_MODULES = ("vision_model", "qformer", "query_tokens", "language_projection", "language_model",
+                     "slot_embeddings", "fusion")
+"""Module groups model.trainable (and train.lr_scale) name."""
+
+
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigValueError(key, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}")
@@ -144,10 +149,8 @@ class ModelConfig:
         _choice("model.vision_backend", self.vision_backend, ("hf", "timm"))
         if self.vision_backend == "timm" and not self.timm_name:
             raise ConfigValueError("model.timm_name", "must name a timm model when model.vision_backend=timm")
-        allowed = ("vision_model", "qformer", "query_tokens", "language_projection", "language_model",
-                   "slot_embeddings", "fusion")
         for name in self.trainable:
-            _choice("model.trainable", name, allowed)
+            _choice("model.trainable", name, TRAINABLE_MODULES)
 
 
 @dataclass
@@ -348,6 +351,9 @@ class NoiseConfig:
 class TrainConfig:
     lr: float = 1e-4
     """Peak learning rate (after warm-up)."""
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers of module groups of the generator (names as in model.trainable), e.g.
+    {language_model: 0.1} to fine-tune the LLM gently while the Q-Former learns at the full rate."""
     min_lr_ratio: float = 0.1
     """Cosine schedule ends at lr x min_lr_ratio."""
     weight_decay: float = 0.05
@@ -407,6 +413,9 @@ class TrainConfig:
         _positive("train.feature_cache_batch_size", self.feature_cache_batch_size)
         _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         _range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        for module, scale in self.lr_scale.items():
+            _choice("train.lr_scale", module, TRAINABLE_MODULES)
+            _positive(f"train.lr_scale.{module}", scale)
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
         _choice("train.best_mode", self.best_mode, ("max", "min"))
         _choice("train.item_pairs", self.item_pairs, ("self", "entity"))

@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from rablip.config.schema import TrainConfig
+from rablip.config.schema import ConfigValueError, TrainConfig
+from rablip.models.freezing import group_of
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     lr_scale: Mapping[str, float] | None = None) -> list[dict]:
     """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, embeddings
-    of one dimension, scalars such as temperatures) groups."""
-    decay, no_decay = [], []
+    of one dimension, scalars such as temperatures) groups, and by learning-rate multiplier: a module
+    group of ``lr_scale`` (see :func:`rablip.models.freezing.group_of`) gets its own pair of groups."""
+    lr_scale = dict(lr_scale or {})
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
+    matched: set[str] = set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower():
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        decayed = not (param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower())
+        module = _module_group(name) if lr_scale else None
+        if module in lr_scale:
+            matched.add(module)
+        groups.setdefault((lr_scale.get(module, 1.0), decayed), []).append(param)
+    unmatched = sorted(set(lr_scale) - matched)
+    if unmatched:
+        raise ConfigValueError("train.lr_scale", f"names {unmatched}, which hold no trainable parameter of this "
+                               "model; scale only modules in model.trainable (of the generator)")
+    return [{"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+            for (scale, decayed), params in groups.items()]
+
+
+def _module_group(parameter_name: str) -> str | None:
+    try:
+        return group_of(parameter_name)
+    except KeyError:
+        return None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    groups = [g for g in parameter_groups(model, cfg.weight_decay) if g["params"]]
+    groups = [g for g in parameter_groups(model, cfg.weight_decay, cfg.lr_scale) if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters: check model.trainable")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -43,8 +61,8 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) ->
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
     """Set every group's learning rate for optimizer step ``step`` (a pure function of the step, so
-    a resumed run needs no scheduler state); returns it."""
+    a resumed run needs no scheduler state), times the group's ``lr_scale``; returns the unscaled one."""
     lr = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

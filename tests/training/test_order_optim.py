@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rablip.config.schema import TrainConfig
-from rablip.training.optim import build_optimizer, lr_factor, parameter_groups
+from rablip.config.schema import ConfigValueError, TrainConfig
+from rablip.training.optim import build_optimizer, lr_factor, parameter_groups, set_lr
 from rablip.training.order import StepOrderSampler
 
 
@@ -54,3 +54,34 @@ def test_decay_groups():
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
     optimizer = build_optimizer(model, TrainConfig(lr=0.01, weight_decay=0.1))
     assert optimizer.param_groups[0]["weight_decay"] == 0.1
+
+
+class _Generatorish(torch.nn.Module):
+    """Parameters named like the generator's module groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qformer = torch.nn.Linear(4, 4)
+        self.language_model = torch.nn.Linear(4, 4)
+
+
+def test_lr_scale_gives_a_module_group_its_own_learning_rate_at_every_step():
+    model = _Generatorish()
+    cfg = TrainConfig(lr=0.01, warmup_steps=0, max_steps=10, lr_scale={"language_model": 0.1})
+    optimizer = build_optimizer(model, cfg)
+    lm = {id(p) for p in model.language_model.parameters()}
+    for step in (0, 5):
+        lr = set_lr(optimizer, cfg, step)
+        for group in optimizer.param_groups:
+            in_lm = {id(p) for p in group["params"]} <= lm
+            assert group["lr"] == pytest.approx(lr * (0.1 if in_lm else 1.0))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 4
+
+
+def test_lr_scale_naming_a_module_without_trainable_parameters_is_refused():
+    model = _Generatorish()
+    model.language_model.requires_grad_(False)
+    with pytest.raises(ConfigValueError, match="train.lr_scale.*language_model"):
+        build_optimizer(model, TrainConfig(lr_scale={"language_model": 0.1}))
+    with pytest.raises(ConfigValueError, match="not one of"):
+        TrainConfig(lr_scale={"llm": 0.1})
