@@ -24,9 +24,11 @@ class ConfigValueError(ConfigError):
         self.detail = message
 
 
-TRAINABLE_MODULES = ("vision_model", "qformer", "query_tokens", "language_projection", "language_model",
-                     "slot_embeddings", "fusion")
-"""Module groups model.trainable (and train.lr_scale) name."""
+GENERATOR_MODULES = ("vision_model", "qformer", "query_tokens", "language_projection", "language_model",
+                     "slot_embeddings")
+"""The generator's module groups (train.lr_scale names these)."""
+TRAINABLE_MODULES = (*GENERATOR_MODULES, "fusion")
+"""Module groups model.trainable names: the generator's and the retrieval encoder's fusion layers."""
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -352,8 +354,9 @@ class TrainConfig:
     lr: float = 1e-4
     """Peak learning rate (after warm-up)."""
     lr_scale: dict[str, float] = field(default_factory=dict)
-    """Learning-rate multipliers of module groups of the generator (names as in model.trainable), e.g.
-    {language_model: 0.1} to fine-tune the LLM gently while the Q-Former learns at the full rate."""
+    """Learning-rate multipliers of the generator's module groups (names as in model.trainable; one
+    that does not train is left alone), e.g. {language_model: 0.3} to fine-tune a warmed-up LLM
+    gently while the Q-Former learns at the full rate."""
     min_lr_ratio: float = 0.1
     """Cosine schedule ends at lr x min_lr_ratio."""
     weight_decay: float = 0.05
@@ -414,7 +417,7 @@ class TrainConfig:
         _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         _range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         for module, scale in self.lr_scale.items():
-            _choice("train.lr_scale", module, TRAINABLE_MODULES)
+            _choice("train.lr_scale", module, GENERATOR_MODULES)
             _positive(f"train.lr_scale.{module}", scale)
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
         _choice("train.best_mode", self.best_mode, ("max", "min"))

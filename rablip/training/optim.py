@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from rablip.config.schema import ConfigValueError, TrainConfig
+from rablip.config.schema import TrainConfig
 from rablip.models.freezing import group_of
 
 
@@ -16,31 +16,29 @@ def parameter_groups(model: nn.Module, weight_decay: float,
                      lr_scale: Mapping[str, float] | None = None) -> list[dict]:
     """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, embeddings
     of one dimension, scalars such as temperatures) groups, and by learning-rate multiplier: a module
-    group of ``lr_scale`` (see :func:`rablip.models.freezing.group_of`) gets its own pair of groups."""
+    group named in ``lr_scale`` (see :func:`rablip.models.freezing.group_of`) gets its own pair of
+    groups; a named module that does not train is left alone."""
     lr_scale = dict(lr_scale or {})
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
-    matched: set[str] = set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decayed = not (param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower())
-        module = _module_group(name) if lr_scale else None
-        if module in lr_scale:
-            matched.add(module)
-        groups.setdefault((lr_scale.get(module, 1.0), decayed), []).append(param)
-    unmatched = sorted(set(lr_scale) - matched)
-    if unmatched:
-        raise ConfigValueError("train.lr_scale", f"names {unmatched}, which hold no trainable parameter of this "
-                               "model; scale only modules in model.trainable (of the generator)")
+        scale = lr_scale.get(_module_group(name), 1.0) if lr_scale else 1.0
+        groups.setdefault((scale, decayed), []).append(param)
     return [{"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
             for (scale, decayed), params in groups.items()]
 
 
 def _module_group(parameter_name: str) -> str | None:
-    try:
-        return group_of(parameter_name)
-    except KeyError:
-        return None
+    """The generator module group of a parameter, also inside a wrapper (``objective.encoder.qformer.*``)."""
+    parts = parameter_name.split(".")
+    for start in range(len(parts)):
+        try:
+            return group_of(".".join(parts[start:]))
+        except KeyError:
+            continue
+    return None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

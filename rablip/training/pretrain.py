@@ -8,7 +8,10 @@ Training pairs (query, item):
   a random training question's text in the query as real queries have, and the image moved a little,
   so that entities no training question asks about are learnt too);
 - question pairs: a training question's image and text as the query, one of its relevant items as
-  the target.
+  the target;
+- on the synthetic world, invented-creature pairs (``data.synthetic.pretrain_invented_share``): a
+  fresh rendering of a made-up creature with a training question's text as the query, its fact text
+  or caption as the target (:mod:`rablip.data.synthetic.describing`).
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
 """
 
@@ -108,7 +111,8 @@ class PairDataset(Dataset):
 
     def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore, invented: InventedPairs | None = None,
                  extra: int = 0) -> None:
-        self.cfg, self.pairs, self.kb, self.invented, self.extra = cfg, pairs, kb, invented, extra if invented else 0
+        self.cfg, self.pairs, self.kb, self.invented = cfg, pairs, kb, invented
+        self.extra = extra if invented is not None else 0
         entity = cfg.train.item_pairs == "entity" or self.extra > 0
         self.questions = sorted({pair.question for pair in pairs if pair.question}) if entity else []
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)

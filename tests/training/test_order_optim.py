@@ -78,10 +78,16 @@ def test_lr_scale_gives_a_module_group_its_own_learning_rate_at_every_step():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 4
 
 
-def test_lr_scale_naming_a_module_without_trainable_parameters_is_refused():
+def test_lr_scale_leaves_frozen_modules_alone_and_reaches_wrapped_modules():
     model = _Generatorish()
     model.language_model.requires_grad_(False)
-    with pytest.raises(ConfigValueError, match="train.lr_scale.*language_model"):
-        build_optimizer(model, TrainConfig(lr_scale={"language_model": 0.1}))
+    groups = parameter_groups(model, 0.0, {"language_model": 0.1})
+    assert all(g["lr_scale"] == 1.0 for g in groups if g["params"])
+    wrapper = torch.nn.Module()
+    wrapper.encoder = _Generatorish()
+    scaled = [g for g in parameter_groups(wrapper, 0.0, {"qformer": 0.5}) if g["lr_scale"] == 0.5]
+    assert {id(p) for g in scaled for p in g["params"]} == {id(p) for p in wrapper.encoder.qformer.parameters()}
     with pytest.raises(ConfigValueError, match="not one of"):
         TrainConfig(lr_scale={"llm": 0.1})
+    with pytest.raises(ConfigValueError, match="not one of"):
+        TrainConfig(lr_scale={"fusion": 0.1})

@@ -91,5 +91,5 @@ def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_ev
     assert len({item.id for _, _, item, _ in drawn}) == 3
     real = dataset[(0, 0)][2]
     assert real.id in {i for p in pairs for i in p.item_ids}
-    off = load_config(str(PRETRAIN_CONFIG), world_overrides(world))
+    off = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.synthetic.pretrain_invented_share=0"])
     assert invented_pairs(off, len(pairs)) == (None, 0)
