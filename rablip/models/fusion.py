@@ -68,6 +68,8 @@ VISION_MODEL_TYPES: dict[str, tuple[type, type]] = {
     InstructBlipVisionConfig.model_type: (InstructBlipVisionConfig, InstructBlipVisionModel),
     Blip2VisionConfig.model_type: (Blip2VisionConfig, Blip2VisionModel),
 }
+SAVEABLE_VISION_TYPES = sorted([*VISION_MODEL_TYPES, TIMM_MODEL_TYPE])
+"""Every vision model_type a saved encoder may name: the transformers ones above and rablip's timm encoder."""
 
 
 @dataclass
@@ -382,10 +384,10 @@ class MultimodalRetrievalEncoder(nn.Module):
         else:
             vision_config = self.vision_model.config.to_dict() if hasattr(self.vision_model, "config") else {}
         model_type = vision_config.get("model_type")
-        if model_type not in VISION_MODEL_TYPES and model_type != TIMM_MODEL_TYPE:
+        if model_type not in SAVEABLE_VISION_TYPES:
             raise RablipError(
                 f"cannot save the retrieval encoder: vision model type {model_type!r} is not one of "
-                f"{sorted([*VISION_MODEL_TYPES, TIMM_MODEL_TYPE])}; add it to rablip.models.fusion.VISION_MODEL_TYPES"
+                f"{SAVEABLE_VISION_TYPES}; add it to rablip.models.fusion.VISION_MODEL_TYPES"
             )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -431,7 +433,7 @@ class MultimodalRetrievalEncoder(nn.Module):
             vision_model = vision_model_cls(vision_config_cls.from_dict(meta["vision_config"]))
         else:
             raise RablipError(f"{config_path}: unknown vision model_type {model_type!r}; known: "
-                              f"{sorted([*VISION_MODEL_TYPES, TIMM_MODEL_TYPE])}")
+                              f"{SAVEABLE_VISION_TYPES}")
         qformer_config = InstructBlipQFormerConfig.from_dict(meta["qformer_config"])
         qformer = InstructBlipQFormerModel(qformer_config)
         known = {f.name for f in fields(FusionConfig)}
