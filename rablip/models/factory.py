@@ -127,15 +127,18 @@ def prepare_tiny_generator(cfg: Config, model_dir: Path, llm_tokenizer, image_pr
         batches = viewing_batches(seed, 32, cfg.model.arch.image_size, [e["attributes"] for e in entities])
         losses = warm_up_vision_model(model.vision_model, image_processor, model.config.vision_config.hidden_size,
                                       class_counts(), batches, syn.vision_warmup_steps, seed=seed)
-        log.info("vision viewing warm-up: %d steps, loss %.3f -> %.3f", syn.vision_warmup_steps, losses[0],
-                 sum(losses[-20:]) / len(losses[-20:]))
+        _log_warm_up("vision viewing warm-up", losses)
     if syn.reading_warmup_steps:
         examples = reading_examples(seed, [e["name"] for e in entities])
         losses = warm_up_language_model(model.language_model, llm_tokenizer, examples, syn.reading_warmup_steps,
                                         seed=seed)
-        log.info("LLM reading warm-up: %d steps, loss %.3f -> %.3f", syn.reading_warmup_steps, losses[0],
-                 sum(losses[-20:]) / len(losses[-20:]))
+        _log_warm_up("LLM reading warm-up", losses)
     model.save_pretrained(str(model_dir), trainable_only=False)
+
+
+def _log_warm_up(name: str, losses: list[float]) -> None:
+    """Steps, first loss and the mean of the last 20 of a finished warm-up."""
+    log.info("%s: %d steps, loss %.3f -> %.3f", name, len(losses), losses[0], sum(losses[-20:]) / len(losses[-20:]))
 
 
 def generator_trainable_modules(cfg: Config) -> list[str]:
