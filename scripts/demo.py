@@ -13,12 +13,15 @@ each as a subprocess with its log in ``DIR/logs/``:
    tokens and Q-Former for fine-tuning to start from, as BLIP-2's second stage does;
 3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
    with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
-4. fine-tune three generators from the same pre-trained encoder (``run_finetune.py``):
+4. align the generator to say what it sees (``run_finetune.py`` with ``synthetic_align.yaml``): visual
+   questions about invented creatures from the world's ``align/`` split, no references, as BLIP-2's
+   second stage and InstructBLIP's instruction data did for the real checkpoints;
+5. fine-tune three generators from the same aligned generator and pre-trained encoder (``run_finetune.py``):
    ``no_retrieval`` (question image and question only), ``ra`` (the retriever's top k, clean) and
    ``ra_askg`` (ASKG: noise ratio 0.5, selection weight 0.1, plus a random noise snippet);
-5. evaluate each on the test split (``run_eval.py``) with clean retrieval and with noisy retrieval
+6. evaluate each on the test split (``run_eval.py``) with clean retrieval and with noisy retrieval
    (half of the k references replaced by random knowledge-base items);
-6. knowledge edit: change facts of 20% of the test entities in the knowledge base, rebuild the store
+7. knowledge edit: change facts of 20% of the test entities in the knowledge base, rebuild the store
    and the index (no retraining) and answer the affected questions again with ``ra_askg``.
 
 Writes ``DIR/results.json`` and prints one table; each evaluation's ``report.html`` is linked.
@@ -123,7 +126,8 @@ class JobRunner:
 
 
 def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetune_steps: int | None,
-         reading_steps: int | None = None, vision_steps: int | None = None) -> list[Job]:
+         reading_steps: int | None = None, vision_steps: int | None = None,
+         align_steps: int | None = None) -> list[Job]:
     """Every job of the experiment, in an order that respects the dependencies."""
     world = out / "world"
     common = [f"run.seed={seed}", f"data.synthetic.entities={entities}", f"data.synthetic.world_dir={world}",
@@ -139,12 +143,15 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     if vision_steps is not None:
         pretrain.append(f"data.synthetic.vision_warmup_steps={vision_steps}")
     finetune = [f"train.max_steps={finetune_steps}"] if finetune_steps else []
+    align = [f"train.max_steps={align_steps}", f"train.save_every={align_steps}"] if align_steps else []
     jobs = [
         Job("world", ["scripts/make_synthetic.py", "--out", str(world), "--seed", str(seed), "--entities",
                       str(entities)]),
         Job("pretrain", stage("run_pretrain.py", "pretrain", "pretrain", *pretrain), ["world"]),
         Job("index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common],
             ["pretrain"]),
+        Job("align", stage("run_finetune.py", "align", "align",
+                           f"model.checkpoint={out / 'pretrain' / 'final' / 'generator'}", *align), ["pretrain"]),
     ]
     retrieval = [
         Job("retrieval", stage("run_eval.py", "eval", "retrieval", "eval.retrieval_only=true"), ["index"]),
@@ -157,9 +164,9 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
         overrides = VARIANTS[variant]
         checkpoint = f"eval.checkpoint={out / f'finetune_{variant}' / 'final'}"
         source = [o for o in overrides if o.startswith("retrieval.source")]
-        start = f"model.checkpoint={out / 'pretrain' / 'final' / 'generator'}"
+        start = f"model.checkpoint={out / 'align' / 'final'}"
         jobs.append(Job(f"finetune_{variant}", stage("run_finetune.py", "finetune", f"finetune_{variant}", start,
-                                                     *overrides, *finetune), ["index"]))
+                                                     *overrides, *finetune), ["index", "align"]))
         if variant == "ra_askg":
             jobs += retrieval
         jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *source),
@@ -255,6 +262,7 @@ def main(argv: list[str]) -> int:
                         help="override the tiny LLM's text-only reading warm-up steps")
     parser.add_argument("--vision-steps", type=int, default=None,
                         help="override the tiny vision encoder's viewing warm-up steps")
+    parser.add_argument("--align-steps", type=int, default=None, help="override the generator's alignment steps")
     args = parser.parse_args(argv)
     out = Path(args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and any(out.iterdir()):
@@ -262,7 +270,8 @@ def main(argv: list[str]) -> int:
     started = time.time()
     print(f"rablip demo: seed {args.seed}, {args.entities} entities, output in {out}", flush=True)
     JobRunner(out / "logs", args.jobs).run(plan(out, args.seed, args.entities, args.pretrain_steps,
-                                                args.finetune_steps, args.reading_steps, args.vision_steps))
+                                                args.finetune_steps, args.reading_steps, args.vision_steps,
+                                                args.align_steps))
     results = collect(out, args.seed, args.entities, time.time() - started)
     atomic_write_json(out / "results.json", results)
     print()

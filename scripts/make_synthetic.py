@@ -5,7 +5,8 @@
     python scripts/make_synthetic.py --tokenizers DIR [--tokenizer-out DIR/tokenizers] [--llm-kind t5]
 
 A world is a folder of OK-VQA-format train/val/test splits (JPEG images, questions, annotations with
-``relevant_ids``), a knowledge base ``kb.jsonl`` with its images, and ``world.json``. The same seed
+``relevant_ids``), a knowledge base ``kb.jsonl`` with its images, ``world.json``, and ``align/``: visual
+questions about invented creatures for the generator's alignment stage. The same seed
 and arguments give byte-identical files. ``--edit`` changes hidden facts of a share of the test
 entities and writes ``kb_edited.jsonl`` and the new answer key under ``edit/``.
 """
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="renderings per seen entity in train (3 questions each)")
     parser.add_argument("--eval-images", type=int, default=defaults.eval_images_per_entity,
                         help="renderings per entity in val and in test")
+    parser.add_argument("--align-images", type=int, default=defaults.align_images,
+                        help="renderings of invented creatures in align/, one visual question each (0: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     parser.add_argument("--edit-fraction", type=float, default=0.2, help="share of test entities to edit")
     parser.add_argument("--edit-seed", type=int, default=None, help="edit seed (default: the world's seed)")
@@ -67,6 +70,7 @@ def main(argv: list[str]) -> int:
                 image_size=args.image_size,
                 train_images_per_entity=args.train_images,
                 eval_images_per_entity=args.eval_images,
+                align_images=args.align_images,
             )
         except ValueError as error:
             raise ConfigError(f"make_synthetic: {error}") from error
@@ -75,7 +79,7 @@ def main(argv: list[str]) -> int:
         print(
             f"world {args.out}: {counts['entities']} entities + {counts['distractors']} distractors, "
             f"{counts['kb_items']} KB items, questions {counts['questions']}, "
-            f"unseen val/test {len(manifest['unseen_entity_ids']['val'])}/"
+            f"align questions {manifest.get('align', {}).get('num_questions', 0)}, unseen val/test {len(manifest['unseen_entity_ids']['val'])}/"
             f"{len(manifest['unseen_entity_ids']['test'])} ({time.perf_counter() - start:.1f} s)"
         )
     elif args.edit:

@@ -17,7 +17,7 @@ def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "scripts/demo.py", "--entities", "12", "--out", str(out),
                              "--pretrain-steps", "3", "--finetune-steps", "3", "--reading-steps", "5",
-                             "--vision-steps", "5", "--seed", "1"],
+                             "--vision-steps", "5", "--align-steps", "3", "--seed", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -31,6 +31,8 @@ def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     edit = results["knowledge_edit"]
     assert set(edit) == {"edited_questions", "follows_new_fact", "follows_old_fact"}
     assert edit["edited_questions"] > 0 and 0 <= edit["follows_new_fact"] <= edit["edited_questions"]
+    assert (out / "world" / "align" / "OpenEnded_mscoco_train2014_questions.json").is_file()
+    assert (out / "align" / "final" / "model.safetensors").is_file()
     for variant in results["variants"]:
         assert (out / f"finetune_{variant}" / "final" / "model.safetensors").is_file()
         assert (out / f"eval_{variant}" / "report.html").is_file()

@@ -214,6 +214,10 @@ class SyntheticConfig:
     train_images_per_entity: int = 12
     """Question images per seen entity in train (each carries a knowledge, a visual and a naming question)."""
     eval_images_per_entity: int = 3
+    align_images: int = 4000
+    """Renderings of invented creatures in the world's align/ split, one visual question each, for the
+    generator's alignment stage (configs/experiment/synthetic_align.yaml; rablip.data.synthetic.aligning;
+    no world entity's look). 0: no align/ split."""
     edit_fraction: float = 0.2
     """Knowledge edit: share of test entities whose facts change."""
     llm_tokenizer_kind: str = "t5"
@@ -236,6 +240,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         _positive("data.synthetic.entities", self.entities)
         _range("data.synthetic.pretrain_invented_share", self.pretrain_invented_share, 0.0, 0.9)
+        _positive("data.synthetic.align_images", self.align_images, allow_zero=True)
         _positive("data.synthetic.reading_warmup_steps", self.reading_warmup_steps, allow_zero=True)
         _positive("data.synthetic.vision_warmup_steps", self.vision_warmup_steps, allow_zero=True)
         _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)

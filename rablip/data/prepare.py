@@ -25,7 +25,7 @@ def ensure_synthetic_world(cfg: Config) -> None:
                              distractors=None if syn.distractors < 0 else syn.distractors,
                              unseen_fraction=syn.unseen_fraction, image_size=syn.image_size,
                              train_images_per_entity=syn.train_images_per_entity,
-                             eval_images_per_entity=syn.eval_images_per_entity)
+                             eval_images_per_entity=syn.eval_images_per_entity, align_images=syn.align_images)
     manifest = build_world(syn.world_dir, settings)
     log.info("built the synthetic world at %s (%d entities)", syn.world_dir, len(manifest["entities"]))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import re
 from pathlib import Path
@@ -12,18 +13,21 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
+from rablip.data.okvqa import load_okvqa
+from rablip.data.synthetic.aligning import write_align_split
 from rablip.data.synthetic.edit import edit_world
 from rablip.data.synthetic.entities import split_counts
-from rablip.data.synthetic.files import SPLITS, annotations_name, image_relpath, questions_name
+from rablip.data.synthetic.files import ALIGN_DIR, SPLITS, annotations_name, image_relpath, questions_name
+from rablip.data.synthetic.questions import TEMPLATES
 from rablip.data.synthetic.render import COLOURS_RGB, render_entity
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VARIANTS
+from rablip.data.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
 from rablip.data.synthetic.world import WorldSettings, build_world
 from rablip.data.synthetic.world_tokenizers import train_world_tokenizers
 from rablip.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = WorldSettings(seed=7, entities=12, distractors=4, image_size=32, train_images_per_entity=2,
-                     eval_images_per_entity=2)
+                     eval_images_per_entity=2, align_images=24)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -214,10 +218,11 @@ def test_cli_builds_a_world(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     args = ["--out", str(tmp_path / "w"), "--seed", "1", "--entities", "6", "--distractors", "2",
-            "--image-size", "24", "--train-images", "1", "--eval-images", "1"]
+            "--image-size", "24", "--train-images", "1", "--eval-images", "1", "--align-images", "3"]
     assert module.main(args) == 0
-    counts = json.loads((tmp_path / "w" / "world.json").read_text())["counts"]
-    assert counts["entities"] == 6 and counts["kb_items"] == 16
+    manifest = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert manifest["counts"]["entities"] == 6 and manifest["counts"]["kb_items"] == 16
+    assert manifest["align"]["num_questions"] == 3
     with pytest.raises(DataError):
         module.main(args)
 
@@ -237,6 +242,38 @@ def test_world_tokenizers(world, tmp_path, manifest):
     # With room in the vocabulary, the world's words (names, answers, prompt words) are whole tokens.
     for word in (manifest["entities"][0]["name"], manifest["entities"][0]["facts"]["diet"], "creature", "question"):
         assert qformer.tokenize(word) == [word]
+
+
+def _canonical(answers: list[str]) -> str:
+    return max(answers, key=answers.count)
+
+
+def test_align_split_asks_one_visual_question_per_rendering_in_okvqa_format(world, manifest):
+    align = world / ALIGN_DIR
+    assert manifest["align"] == {"dir": ALIGN_DIR, "num_images": 24, "num_questions": 24}
+    examples = load_okvqa(align / questions_name("train"), align / annotations_name("train"), image_root=align,
+                          image_split="train2014")
+    assert len(examples) == 24 and len({e.image for e in examples}) == 24
+    world_ids = {str(a["question_id"]) for split in SPLITS for a in _load(world, split)[1]}
+    assert not world_ids & {e.id for e in examples}
+    for example in examples:
+        attribute = example.extra["attribute"]
+        assert example.question_type == "visual" and example.question in TEMPLATES[attribute]
+        assert _canonical(example.answers) in VISUAL_ATTRIBUTES[attribute]
+        with Image.open(example.image) as image:
+            assert image.format == "JPEG" and image.size == (TINY.image_size, TINY.image_size)
+    assert len({e.extra["attribute"] for e in examples}) >= 3
+
+
+def test_align_renderings_never_take_an_avoided_look(tmp_path):
+    looks = [dict(zip(VISUAL_ATTRIBUTES, combo)) for combo in itertools.product(*VISUAL_ATTRIBUTES.values())]
+    left = looks.pop(123)  # every other combination is a world entity's: all renderings must have this look
+    write_align_split(tmp_path / "align", 16, seed=0, image_size=32, avoid_looks=looks,
+                      save_image=lambda image, path: image.save(path, format="JPEG"))
+    annotations = json.loads((tmp_path / "align" / annotations_name("train")).read_text())["annotations"]
+    assert len(annotations) == 16
+    for annotation in annotations:
+        assert _canonical([a["answer"] for a in annotation["answers"]]) == left[annotation["attribute"]]
 
 
 def test_okvqa_loader_reads_the_val_split(world):

@@ -24,7 +24,7 @@ ENTITIES = 12
 
 def world_overrides(tmp: Path) -> list[str]:
     """Command-line overrides that point the synthetic pre-training config at ``tmp``."""
-    return [f"data.synthetic.world_dir={tmp / 'world'}", f"data.synthetic.entities={ENTITIES}",
+    return [f"data.synthetic.world_dir={tmp / 'world'}", f"data.synthetic.entities={ENTITIES}", "data.synthetic.align_images=0",
             f"run.output_dir={tmp / 'run'}", f"model.fusion.checkpoint={tmp / 'encoder'}",
             f"retrieval.index_dir={tmp / 'index'}", "retrieval.shard_rows=8", "retrieval.encode_batch_size=4",
             "data.synthetic.reading_warmup_steps=5", "data.synthetic.vision_warmup_steps=5"]
@@ -33,7 +33,7 @@ def world_overrides(tmp: Path) -> list[str]:
 def make_tiny_world(tmp: Path, extra: list[str] | None = None):
     """Build the world, the generator checkpoint and a saved fresh retrieval encoder; return the config."""
     cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp) + (extra or []))
-    build_world(cfg.data.synthetic.world_dir, WorldSettings(entities=ENTITIES, train_images_per_entity=1,
+    build_world(cfg.data.synthetic.world_dir, WorldSettings(entities=ENTITIES, train_images_per_entity=1, align_images=0,
                                                             eval_images_per_entity=1))
     ensure_generator_checkpoint(cfg)
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ world_dir/
   OpenEnded_mscoco_{split}2014_questions.json  OK-VQA questions, split in train / val / test
   mscoco_{split}2014_annotations.json          OK-VQA annotations (+ relevant_ids, entity_id, ...)
   {split}2014/COCO_{split}2014_{image_id:012d}.jpg
+  align/                                       the generator's alignment split (aligning.py), same layout
   kb_edited.jsonl, edit/                       written by the knowledge-edit mode (edit.py)
 ```
 """
@@ -27,6 +28,7 @@ KB_NAME = "kb.jsonl"
 KB_IMAGE_DIR = "kb_images"
 EDITED_KB_NAME = "kb_edited.jsonl"
 EDIT_DIR = "edit"
+ALIGN_DIR = "align"
 EDIT_MANIFEST_NAME = "edits.json"
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rablip.data.synthetic.aligning import write_align_split
 from rablip.data.synthetic.entities import Entity, sample_entities
 from rablip.data.synthetic.files import (
+    ALIGN_DIR,
     KB_IMAGE_DIR,
     KB_NAME,
     MANIFEST_NAME,
@@ -64,6 +66,8 @@ class WorldSettings:
     """Renderings per seen entity in train; each image carries one question of each kind."""
     eval_images_per_entity: int = 3
     """Renderings per entity in val and in test."""
+    align_images: int = 4000
+    """Renderings of invented creatures in ``align/``, one visual question each (aligning.py); 0: none."""
     jpeg_quality: int = 92
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class WorldSettings:
             raise ValueError(f"image_size must be in [16, 1024], got {self.image_size}")
         if self.train_images_per_entity < 1 or self.eval_images_per_entity < 1:
             raise ValueError("train_images_per_entity and eval_images_per_entity must be >= 1")
+        if self.align_images < 0:
+            raise ValueError(f"align_images must be >= 0, got {self.align_images}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
@@ -215,6 +221,10 @@ def build_world(out_dir: str | Path, settings: WorldSettings | None = None, *, o
         }
         split_stats = {split: _write_split(staging, split, by_split[split], images[split], settings) for split in SPLITS}
         manifest = _manifest(entities, settings, kb_items, split_stats)
+        if settings.align_images:
+            manifest["align"] = {"dir": ALIGN_DIR, **write_align_split(
+                staging / ALIGN_DIR, settings.align_images, settings.seed, settings.image_size,
+                [e.attributes for e in entities], lambda image, path: _save_jpeg(image, path, settings.jpeg_quality))}
         write_json(staging / MANIFEST_NAME, manifest, indent=2)
         if out_dir.exists():
             shutil.rmtree(out_dir)
