@@ -10,7 +10,7 @@ each as a subprocess with its log in ``DIR/logs/``:
    tokenizers and builds the tiny generator: its vision encoder warms up on renderings of invented
    creatures, its LLM on reading texts about them (none of them world entities). The vision encoder
    then stays frozen. ``model.export_generator`` saves the generator with the pre-trained query
-   tokens and Q-Former for fine-tuning to start from, as BLIP-2's second stage does;
+   tokens and Q-Former for the next stage to start from;
 3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
    with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
 4. align the generator to say what it sees (``run_finetune.py`` with ``synthetic_align.yaml``): visual

@@ -255,6 +255,12 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     test: SplitConfig = field(default_factory=SplitConfig)
+    replay: SplitConfig = field(default_factory=SplitConfig)
+    """Fine-tuning: a second training split, in ``data.dataset``'s format, whose questions are answered from
+    the image alone (no references) and mixed into training, so that what an earlier stage taught is kept
+    (the synthetic configs replay the alignment split's visual questions). Used when ``replay_share`` > 0."""
+    replay_share: float = 0.0
+    """Share of the fine-tuning examples taken from ``data.replay`` (its first ones). 0: no replay."""
     kb: KBConfig = field(default_factory=KBConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     on_bad_image: str = "error"
@@ -270,6 +276,9 @@ class DataConfig:
         _choice("data.dataset", self.dataset, ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek", "synthetic"))
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
         _positive("data.num_workers", self.num_workers, allow_zero=True)
+        _range("data.replay_share", self.replay_share, 0.0, 0.9)
+        if self.replay_share and not self.replay.path:
+            raise ConfigValueError("data.replay.path", "is empty; data.replay_share > 0 needs the split to replay")
 
 
 @dataclass

@@ -66,12 +66,15 @@ class ReferenceSource:
 class FinetuneDataset(Dataset):
     """Indexed by ``(example index, epoch)``: the QA sample and, with ASKG, the selection sample.
     With ``features`` (a feature cache), item images in it come as cached features, not pixels; with
-    ``counterfactual``, some examples get answer swaps (training only)."""
+    ``counterfactual``, some examples get answer swaps (training only); examples whose id is in
+    ``image_only`` (replayed ones) get no references."""
 
     def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource,
-                 features: FeatureCache | None = None, counterfactual: CounterfactualAnswers | None = None) -> None:
+                 features: FeatureCache | None = None, counterfactual: CounterfactualAnswers | None = None,
+                 image_only: set[str] | None = None) -> None:
         self.cfg = cfg
         self.examples = examples
+        self.image_only = image_only or set()
         self.kb = kb
         self.references = references
         self.features = features
@@ -85,7 +88,7 @@ class FinetuneDataset(Dataset):
 
     def plan(self, example: QAExample, rng: np.random.Generator) -> ReferencePlan:
         cfg = self.cfg
-        if cfg.retrieval.source == "none" or cfg.retrieval.k == 0:
+        if cfg.retrieval.source == "none" or cfg.retrieval.k == 0 or example.id in self.image_only:
             return ReferencePlan(ids=[], relevant=[])
         gold = list(example.relevant_ids or [])
         ranked = self.references.ranked(example)
@@ -123,6 +126,23 @@ class FinetuneDataset(Dataset):
     def cached(self, item_ids: list[str]) -> list[torch.Tensor | None] | None:
         """The cached features of the items (None without a cache)."""
         return self.features.features_of(item_ids) if self.features is not None else None
+
+
+def replay_examples(cfg: Config, train: list[QAExample]) -> list[QAExample]:
+    """The first examples of ``data.replay``, as many as make them ``data.replay_share`` of training."""
+    share = cfg.data.replay_share
+    if not share:
+        return []
+    replay = load_split(cfg.data, "replay")
+    wanted = round(len(train) * share / (1.0 - share))
+    if len(replay) < wanted:
+        log.warning("data.replay has %d examples, fewer than the %d that data.replay_share=%s asks for; using all",
+                    len(replay), wanted, share)
+    clashing = {e.id for e in train} & {e.id for e in replay[:wanted]}
+    if clashing:
+        raise ConfigError(f"data.replay and data.train share question ids ({', '.join(sorted(clashing)[:5])}); "
+                          "replayed questions need ids of their own.")
+    return replay[:wanted]
 
 
 def max_references(cfg: Config) -> int:
@@ -183,7 +203,12 @@ def finetune(cfg: Config) -> int:
                                  device=accelerator.device)
     examples = load_split(cfg.data, "train")
     counterfactual = CounterfactualAnswers(examples, cfg.noise.counterfactual, cfg.noise.counterfactual_types)
-    dataset = FinetuneDataset(cfg, examples, kb, references, features, counterfactual)
+    replay = replay_examples(cfg, examples)
+    if replay:
+        log.info("replaying %d examples of data.replay (answered without references) beside %d training examples",
+                 len(replay), len(examples))
+    dataset = FinetuneDataset(cfg, examples + replay, kb, references, features, counterfactual,
+                              image_only={e.id for e in replay})
     evaluate = None
     if cfg.train.eval_every and cfg.data.val.path:
         val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir, "val")

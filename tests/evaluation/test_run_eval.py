@@ -40,7 +40,7 @@ def tuned(tmp_path_factory):
 
 
 def eval_config(root: Path, out: Path, *extra: str):
-    args = [f"data.synthetic.world_dir={root / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=0", f"run.output_dir={out}",
+    args = [f"data.synthetic.world_dir={root / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=8", f"run.output_dir={out}",
             f"eval.checkpoint={root / 'ft' / 'final'}", "retrieval.source=gold", "eval.batch_size=8", *extra]
     return load_config(str(ROOT / EVAL_CONFIG), args)
 
@@ -79,7 +79,7 @@ def test_eval_with_the_live_index_reports_retrieval_metrics(tmp_path):
         encode_knowledge_base(cfg, show_progress=False)
         out = tmp_path / "eval"
         eval_cfg = load_config(str(ROOT / EVAL_CONFIG), [
-            f"data.synthetic.world_dir={tmp_path / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=0", f"run.output_dir={out}",
+            f"data.synthetic.world_dir={tmp_path / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=8", f"run.output_dir={out}",
             f"model.fusion.checkpoint={tmp_path / 'encoder'}", f"retrieval.index_dir={tmp_path / 'index'}",
             f"eval.checkpoint={tmp_path / 'world' / 'tiny-instructblip-llama'}",
             "eval.batch_size=8", "eval.report=false"])
@@ -173,7 +173,7 @@ def test_answers_from_two_ranks_are_gathered_once_each_in_order(tmp_path, total)
 
 
 def test_run_eval_on_two_ranks_matches_one_process(tuned, tmp_path):
-    args = [f"data.synthetic.world_dir={tuned / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=0",
+    args = [f"data.synthetic.world_dir={tuned / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=8",
             f"eval.checkpoint={tuned / 'ft' / 'final'}", "retrieval.source=gold", "eval.batch_size=8",
             "eval.report=false"]
     one = run("run_eval.py", ["--config", EVAL_CONFIG, *args, f"run.output_dir={tmp_path / 'one'}"], timeout=180)

@@ -36,7 +36,7 @@ class FinetuneWorld:
 
     def args(self, run_dir: Path, *extra: str) -> list[str]:
         """``run_finetune.py`` arguments for two tiny steps on this world, writing into ``run_dir``."""
-        return ["--config", str(FINETUNE_CONFIG), "data.synthetic.entities=12", "data.synthetic.align_images=0", f"data.synthetic.world_dir={self.world_dir}",
+        return ["--config", str(FINETUNE_CONFIG), "data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={self.world_dir}",
                 f"model.checkpoint={self.checkpoint}", "train.max_steps=2", "train.batch_size=2",
                 "train.warmup_steps=1", "train.eval_every=0", f"run.output_dir={run_dir}", *extra]
 
@@ -44,6 +44,6 @@ class FinetuneWorld:
 @pytest.fixture(scope="session")
 def tiny_finetune_world(tmp_path_factory) -> FinetuneWorld:
     world = tmp_path_factory.mktemp("reliability_world") / "world"
-    cfg = load_config(str(FINETUNE_CONFIG), ["data.synthetic.entities=12", "data.synthetic.align_images=0", f"data.synthetic.world_dir={world}"])
+    cfg = load_config(str(FINETUNE_CONFIG), ["data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={world}"])
     prepare_data(cfg)
     return FinetuneWorld(world, ensure_generator_checkpoint(cfg))

@@ -299,7 +299,7 @@ def webqa_missing_answer(tmp: Path) -> list[str]:
 
 def _eval_args(tmp: Path, world: FinetuneWorld, *extra: str) -> list[str]:
     """``run_eval.py`` arguments answering the world's test split with its base generator."""
-    return ["--config", str(EVAL_CONFIG), "data.synthetic.entities=12", "data.synthetic.align_images=0", f"data.synthetic.world_dir={world.world_dir}",
+    return ["--config", str(EVAL_CONFIG), "data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={world.world_dir}",
             f"model.checkpoint={world.checkpoint}", f"eval.checkpoint={world.checkpoint}", "eval.batch_size=4",
             "eval.k_sweep=[]", "eval.report=false", f"run.output_dir={tmp / 'run'}", *extra]
 

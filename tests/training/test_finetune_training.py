@@ -21,6 +21,7 @@ from rablip.training.finetune import (
     answer_loss,
     flatten_collate,
     max_references,
+    replay_examples,
 )
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
 
@@ -110,6 +111,42 @@ def test_counterfactual_examples_read_the_swapped_answer_in_reference_and_target
         assert f" {old}" in " " + " ".join(ref.item.text for ref in original.references)
     for index in visual:
         assert dataset[(index, 0)][0].target == plain[(index, 0)][0].target
+
+
+def replay_overrides(world, share):
+    align = world / "align"
+    return [f"data.replay.path={align / 'OpenEnded_mscoco_train2014_questions.json'}",
+            f"data.replay.annotations={align / 'mscoco_train2014_annotations.json'}", f"data.replay.image_root={align}",
+            "data.replay.image_split=train2014", f"data.replay_share={share}"]
+
+
+def test_replayed_examples_are_answered_from_the_image_alone(world, tmp_path):
+    cfg = world_config(world, tmp_path / "run", *replay_overrides(world, 0.5))
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    train = load_split(cfg.data, "train")
+    replay = replay_examples(cfg, train)
+    assert len(replay) == 8, "fewer replay examples than the share asks for: all of them"
+    assert {e.question_type for e in replay} == {"visual"}
+    dataset = FinetuneDataset(cfg, train + replay, kb, ReferenceSource(cfg, tmp_path), image_only={e.id for e in replay})
+    for index in range(len(train), len(train) + len(replay)):
+        samples = dataset[(index, 0)]
+        assert len(samples) == 1, "no ASKG selection sample without references"
+        assert samples[0].references == [] and samples[0].image is not None
+        assert samples[0].target in replay[index - len(train)].answers
+    trained = dataset[(0, 0)]
+    assert trained[0].references and len(trained) == 2, "training examples keep references and ASKG"
+    few = replay_examples(world_config(world, tmp_path / "run", *replay_overrides(world, 0.01)), train)
+    assert [e.id for e in few] == [e.id for e in replay[:round(len(train) * 0.01 / 0.99)]] and few
+
+
+def test_replay_needs_its_split_and_ids_of_its_own(world, tmp_path):
+    with pytest.raises(ConfigError, match="data.replay.path"):
+        world_config(world, tmp_path / "run", "data.replay_share=0.5")
+    cfg = world_config(world, tmp_path / "run", "data.replay_share=0.5", f"data.replay.path={world / 'OpenEnded_mscoco_train2014_questions.json'}",
+                       f"data.replay.annotations={world / 'mscoco_train2014_annotations.json'}",
+                       f"data.replay.image_root={world}", "data.replay.image_split=train2014")
+    with pytest.raises(ConfigError, match="share question ids"):
+        replay_examples(cfg, load_split(cfg.data, "train"))
 
 
 def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world, tmp_path):
