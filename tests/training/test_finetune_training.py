@@ -141,7 +141,7 @@ def test_replayed_examples_are_answered_from_the_image_alone(world, tmp_path):
 
 def test_replay_needs_its_split_and_ids_of_its_own(world, tmp_path):
     with pytest.raises(ConfigError, match="data.replay.path"):
-        world_config(world, tmp_path / "run", "data.replay_share=0.5")
+        world_config(world, tmp_path / "run", "data.replay_share=0.5", "data.replay.path=")
     cfg = world_config(world, tmp_path / "run", "data.replay_share=0.5", f"data.replay.path={world / 'OpenEnded_mscoco_train2014_questions.json'}",
                        f"data.replay.annotations={world / 'mscoco_train2014_annotations.json'}",
                        f"data.replay.image_root={world}", "data.replay.image_split=train2014")
