@@ -88,11 +88,19 @@ class ArchConfig:
     llm_tie_embeddings: bool = False
     """llama: the output layer shares the input embedding matrix (T5 and OPT share it already). A tiny
     LLM trained from scratch learns to copy words out of its references much faster with it."""
+    llm_copy_init: bool = False
+    """When ``model.build_if_missing`` builds a decoder-only LLM: its attention value and output projections
+    start as the identity, so an attention head copies the tokens it attends to from the first step. A
+    tiny LLM trained from scratch otherwise waits, per kind of fact, for the lookup and the copy to form
+    together, at a seed-dependent step (BENCHMARKS.md, synthetic demo)."""
     llm_vocab_size: int = 32128
     qformer_vocab_size: int = 30523
 
     def __post_init__(self) -> None:
         _choice("model.arch.llm_type", self.llm_type, ("t5", "opt", "llama"))
+        if self.llm_copy_init and self.llm_type == "t5":
+            raise ConfigValueError("model.arch.llm_copy_init", "is for decoder-only LLMs (llm_type llama or opt), "
+                                   "not t5; set it to false or choose another llm_type")
         for name in ("image_size", "patch_size", "vision_hidden_size", "vision_layers", "qformer_hidden_size",
                      "qformer_layers", "num_query_tokens", "llm_hidden_size", "llm_layers"):
             _positive(f"model.arch.{name}", getattr(self, name))
@@ -436,6 +444,8 @@ class TrainConfig:
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
         _choice("train.best_mode", self.best_mode, ("max", "min"))
         _choice("train.item_pairs", self.item_pairs, ("self", "entity"))
+        for name in ("itc_weight", "itm_weight", "itg_weight"):
+            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if len(self.betas) != 2:
             raise ConfigValueError("train.betas", f"needs two values, got {self.betas}")
 

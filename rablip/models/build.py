@@ -64,6 +64,35 @@ def randomize_weights(model: torch.nn.Module, seed: int) -> None:
             parameter[parameter.shape[0] // 3: 2 * parameter.shape[0] // 3] = 0.0
 
 
+@torch.no_grad()
+def copy_ready_attention(language_model: torch.nn.Module) -> int:
+    """Make every self-attention of a decoder-only LLM copy what it attends to: its value and output
+    projections become the identity (their biases zero). Returns how many attention layers changed.
+
+    With tied input/output embeddings, a head that attends to a token then raises that token's logit
+    from the first training step, so learning where to look is rewarded at once. Raises ValueError for
+    an LLM without square ``v_proj`` + ``o_proj`` (LLaMA) or ``v_proj`` + ``out_proj`` (OPT) projections.
+    """
+    changed = 0
+    for module in language_model.modules():
+        value = getattr(module, "v_proj", None)
+        output = getattr(module, "o_proj", None) or getattr(module, "out_proj", None)
+        if not isinstance(value, torch.nn.Linear) or not isinstance(output, torch.nn.Linear):
+            continue
+        for projection in (value, output):
+            if projection.weight.shape[0] != projection.weight.shape[1]:
+                raise ValueError(f"copy_ready_attention needs square value/output projections, got "
+                                 f"{tuple(projection.weight.shape)} (grouped-query attention is not supported)")
+            projection.weight.copy_(torch.eye(projection.weight.shape[0], dtype=projection.weight.dtype))
+            if projection.bias is not None:
+                projection.bias.zero_()
+        changed += 1
+    if not changed:
+        raise ValueError(f"{type(language_model).__name__} has no v_proj/o_proj (or out_proj) attention to make "
+                         "copy-ready; model.arch.llm_copy_init supports decoder-only LLaMA and OPT models")
+    return changed
+
+
 def build_tiny_checkpoint(
     out_dir: str | Path,
     architecture: dict[str, Any] | None = None,

@@ -13,7 +13,7 @@ from transformers import BlipImageProcessor
 from rablip.config.schema import ArchConfig, Config
 from rablip.data.collate import Collator
 from rablip.errors import ConfigError
-from rablip.models.build import build_tiny_checkpoint
+from rablip.models.build import build_tiny_checkpoint, copy_ready_attention
 from rablip.models.freezing import parameter_counts, set_gradient_checkpointing
 from rablip.models.rablip import RABlipForConditionalGeneration
 from rablip.utils.logging import get_logger
@@ -94,7 +94,7 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
         image_processor = BlipImageProcessor(size={"height": arch.image_size, "width": arch.image_size},
                                              image_mean=CLIP_MEAN, image_std=CLIP_STD)
         image_processor.save_pretrained(tmp / "model")
-        if cfg.model.vision_backend == "timm" or syn.vision_warmup_steps or syn.reading_warmup_steps:
+        if cfg.model.vision_backend == "timm" or syn.vision_warmup_steps or syn.reading_warmup_steps or arch.llm_copy_init:
             prepare_tiny_generator(cfg, tmp / "model", llm_tok, image_processor)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -107,8 +107,9 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
 
 
 def prepare_tiny_generator(cfg: Config, model_dir: Path, llm_tokenizer, image_processor) -> None:
-    """Give the just-built tiny checkpoint in ``model_dir`` its configured vision encoder and warm-ups,
-    and save it there as a full rablip checkpoint (the tokenizer and processor files stay)."""
+    """Give the just-built tiny checkpoint in ``model_dir`` its configured vision encoder, copy-ready LLM
+    attention and warm-ups, and save it there as a full rablip checkpoint (the tokenizer and processor
+    files stay)."""
     from rablip.data.synthetic.files import load_manifest
     from rablip.data.synthetic.reading import reading_examples
     from rablip.data.synthetic.viewing import class_counts, viewing_batches
@@ -122,6 +123,8 @@ def prepare_tiny_generator(cfg: Config, model_dir: Path, llm_tokenizer, image_pr
         model.config.vision_backbone, model.config.timm_model_name = "timm", cfg.model.timm_name
         torch.manual_seed(seed)
         model.vision_model = build_vision_model(model.config)
+    if cfg.model.arch.llm_copy_init:
+        log.info("copy-ready LLM attention: %d layers", copy_ready_attention(model.language_model))
     entities = load_manifest(syn.world_dir)["entities"]
     if syn.vision_warmup_steps:
         batches = viewing_batches(seed, 32, cfg.model.arch.image_size, [e["attributes"] for e in entities])

@@ -203,3 +203,10 @@ def test_yaml_round_trip_of_resolved_config(tmp_path):
     cfg = load_config(CONFIGS_DIR / "experiment" / "synthetic_finetune.yaml", ["train.lr=0.003"])
     saved = write(tmp_path / "resolved.yaml", to_yaml(cfg))
     assert load_config(saved) == cfg
+
+
+def test_copy_ready_init_is_refused_for_an_encoder_decoder_llm():
+    assert load_config(None, ["model.arch.llm_type=llama", "model.arch.llm_copy_init=true"]).model.arch.llm_copy_init
+    with pytest.raises(ConfigError, match="model.arch.llm_copy_init.*decoder-only"):
+        load_config(None, ["model.arch.llm_type=t5", "model.arch.llm_copy_init=true"])
+
