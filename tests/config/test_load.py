@@ -210,3 +210,7 @@ def test_copy_ready_init_is_refused_for_an_encoder_decoder_llm():
     with pytest.raises(ConfigError, match="model.arch.llm_copy_init.*decoder-only"):
         load_config(None, ["model.arch.llm_type=t5", "model.arch.llm_copy_init=true"])
 
+
+def test_negative_pretraining_loss_weights_are_refused():
+    with pytest.raises(ConfigError, match="train.itm_weight"):
+        load_config(None, ["train.itm_weight=-1"])
