@@ -132,7 +132,7 @@ def prepare_tiny_generator(cfg: Config, model_dir: Path, llm_tokenizer, image_pr
                                       class_counts(), batches, syn.vision_warmup_steps, seed=seed)
         _log_warm_up("vision viewing warm-up", losses)
     if syn.reading_warmup_steps:
-        examples = reading_examples(seed, [e["name"] for e in entities])
+        examples = reading_examples(seed, [e["name"] for e in entities], [e["attributes"] for e in entities])
         losses = warm_up_language_model(model.language_model, llm_tokenizer, examples, syn.reading_warmup_steps,
                                         seed=seed)
         _log_warm_up("LLM reading warm-up", losses)

@@ -1,9 +1,10 @@
-"""Text-only warm-up of a freshly built LLM on (prompt, answer) pairs: the answer tokens are the target.
+"""Text-only warm-up of a freshly built LLM on (lead, prompt, answer) examples: the answer tokens are the target.
 
 Used when the synthetic demo builds its tiny generator, so that its from-scratch LLM can read before
-it is fine-tuned (see :mod:`rablip.data.synthetic.reading`). Decoder-only LLMs read
-``<bos> prompt answer <eos>`` with the loss on ``answer <eos>``; encoder-decoders read the prompt and
-decode the answer.
+it is fine-tuned (see :mod:`rablip.data.synthetic.reading`). The lead stands where the generator puts
+the question image's tokens, before the special tokens that start the text. Decoder-only LLMs read
+``lead <bos> prompt answer <eos>`` with the loss on ``answer <eos>``; encoder-decoders read the lead
+and the prompt and decode the answer.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ from rablip.models.warmup import run_warm_up
 
 
 class TextPair(Protocol):
+    lead: str
     prompt: str
     answer: str
 
 
 def tokenize_pairs(tokenizer, examples: list[TextPair], decoder_only: bool) -> dict[str, torch.Tensor]:
+    leads = [tokenizer(e.lead, add_special_tokens=False)["input_ids"] if e.lead else [] for e in examples]
     prompts = [tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in examples]
     answers = [tokenizer(" " + e.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                for e in examples]
     pad = tokenizer.pad_token_id
     if not decoder_only:
-        inputs = [p + [tokenizer.eos_token_id] for p in prompts]
+        inputs = [lead + p + [tokenizer.eos_token_id] for lead, p in zip(leads, prompts)]
         width, answer_width = max(map(len, inputs)), max(map(len, answers))
         return {"input_ids": torch.tensor([p + [pad] * (width - len(p)) for p in inputs]),
                 "attention_mask": torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in inputs]),
                 "labels": torch.tensor([a + [-100] * (answer_width - len(a)) for a in answers])}
-    rows = [[tokenizer.bos_token_id] + p + a for p, a in zip(prompts, answers)]
+    rows = [lead + [tokenizer.bos_token_id] + p + a for lead, p, a in zip(leads, prompts, answers)]
     width = max(map(len, rows))
     labels = [[-100] * (len(r) - len(a)) + a + [-100] * (width - len(r)) for r, a in zip(rows, answers)]
     return {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),

@@ -1,6 +1,7 @@
 """The tiny LLM's reading corpus (invented creatures only) and its text-only warm-up."""
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -10,40 +11,82 @@ from rablip.data import prompts
 from rablip.data.synthetic.entities import sample_entities
 from rablip.data.synthetic.questions import TEMPLATES
 from rablip.data.synthetic.reading import reading_examples
-from rablip.data.synthetic.vocab import HIDDEN_FACTS
+from rablip.data.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
 from rablip.data.tokenizer_training import train_tokenizer
 from rablip.models.llm_warmup import answer_loss, tokenize_pairs, warm_up_language_model
 
-WORLD_NAMES = [entity.name for entity in sample_entities(0, 96, 48, 0.3)]
+WORLD_ENTITIES = sample_entities(0, 96, 48, 0.3)
+WORLD_NAMES = [entity.name for entity in WORLD_ENTITIES]
+WORLD_LOOKS = [entity.attributes for entity in WORLD_ENTITIES]
+YEARS = HIDDEN_FACTS["year"]
 
 
-def test_each_example_holds_one_fact_text_that_states_the_answer_to_its_question():
-    examples = list(itertools.islice(reading_examples(0, WORLD_NAMES), 200))
-    assert examples == list(itertools.islice(reading_examples(0, WORLD_NAMES), 200)), "seeded"
-    assert examples != list(itertools.islice(reading_examples(1, WORLD_NAMES), 200))
-    counts = set()
+def _parts(example):
+    lines = example.prompt.split(prompts.REFERENCE_SEPARATOR)
+    return lines[:-1], lines[-1]
+
+
+def _asked(question: str) -> str:
+    asked = [a for a, templates in TEMPLATES.items() if any(question == prompts.qa_prompt(t) for t in templates)]
+    assert len(asked) == 1
+    return asked[0]
+
+
+def test_a_knowledge_question_is_answered_by_the_first_fact_text_which_describes_the_pictured_look():
+    examples = list(itertools.islice(reading_examples(0, WORLD_NAMES, WORLD_LOOKS), 400))
+    assert examples == list(itertools.islice(reading_examples(0, WORLD_NAMES, WORLD_LOOKS), 400)), "seeded"
+    assert examples != list(itertools.islice(reading_examples(1, WORLD_NAMES, WORLD_LOOKS), 400))
+    fact_texts_seen, caption_first = set(), 0
     for example in examples:
-        lines = example.prompt.split(prompts.REFERENCE_SEPARATOR)
-        references, question = lines[:-1], lines[-1]
-        counts.add(len(references))
+        references, question = _parts(example)
+        asked = _asked(question)
+        if asked not in HIDDEN_FACTS:
+            continue
+        assert example.answer in HIDDEN_FACTS[asked]
         assert [line.split(":")[0] for line in references] == [f"Reference {n}" for n in range(1, len(references) + 1)]
-        asked = [a for a, templates in TEMPLATES.items() if any(question == prompts.qa_prompt(t) for t in templates)]
-        assert len(asked) == 1 and asked[0] in HIDDEN_FACTS
-        assert example.answer in HIDDEN_FACTS[asked[0]]
-        stating = [line for line in references if any(f" {year}." in line for year in HIDDEN_FACTS["year"])]
-        assert len(stating) == 1 and example.answer in stating[0], "exactly one fact text, the asked creature's"
-    assert counts == {1, 2, 3}
+        facts = [line for line in references if any(f" {year}." in line for year in YEARS)]
+        assert example.answer in facts[0].split(": ", 2)[2]
+        assert set(example.lead.split()) <= set(re.findall(r"[a-z]+", facts[0])), "it describes the pictured look"
+        caption_first += references[0] != facts[0]
+        fact_texts_seen.add(len(facts))
+    assert fact_texts_seen == {1, 2, 3}, "one, two or three fact texts, the pictured creature's first"
+    assert caption_first > 10, "the pictured creature's caption is sometimes ranked before its fact text"
 
 
-def test_invented_names_never_are_world_names():
-    names = {line.split(":")[1].strip() for example in itertools.islice(reading_examples(0, WORLD_NAMES), 500)
-             for line in example.prompt.split(prompts.REFERENCE_SEPARATOR)[:-1]}
+def test_a_visual_question_is_answered_from_the_lead_whatever_the_references_say():
+    examples = list(itertools.islice(reading_examples(0, WORLD_NAMES, WORLD_LOOKS), 400))
+    visual = [e for e in examples if _asked(_parts(e)[1]) in VISUAL_ATTRIBUTES]
+    assert 0.2 < len(visual) / len(examples) < 0.4
+    for example in visual:
+        lead = example.lead.split()
+        assert len(lead) == 4
+        assert example.answer == lead[[w in VISUAL_ATTRIBUTES[_asked(_parts(example)[1])] for w in lead].index(True)]
+    assert len({e.lead.split()[0] for e in examples}) > 10, "the look words come in a random order"
+    assert any(len(_parts(e)[0]) == 0 for e in visual) and any(len(_parts(e)[0]) == 3 for e in visual)
+
+
+def test_invented_names_and_looks_never_are_the_worlds():
+    examples = list(itertools.islice(reading_examples(0, WORLD_NAMES, WORLD_LOOKS), 500))
+    names = {line.split("Reference ")[1].split(":")[1].strip() for e in examples for line in _parts(e)[0]}
     assert len(names) > 100 and not names & set(WORLD_NAMES)
+    world_looks = {tuple(sorted(look.values())) for look in WORLD_LOOKS}
+    assert not {tuple(sorted(e.lead.split())) for e in examples} & world_looks
+
+
+def test_tokenized_rows_put_the_lead_before_the_start_token(tmp_path):
+    examples = list(itertools.islice(reading_examples(0), 4))
+    tokenizer = train_tokenizer([e.lead + " " + e.prompt + " " + e.answer for e in examples], tmp_path / "tok",
+                                kind="causal", vocab_size=300)
+    batch = tokenize_pairs(tokenizer, examples, decoder_only=True)
+    for row, example in enumerate(examples):
+        ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
+        lead = tokenizer(example.lead, add_special_tokens=False)["input_ids"]
+        assert ids[:len(lead) + 1] == lead + [tokenizer.bos_token_id]
 
 
 @pytest.mark.parametrize("kind", ["causal", "t5"])
 def test_warm_up_lowers_the_answer_loss(kind, tmp_path):
-    corpus = [e.prompt + " " + e.answer for e in itertools.islice(reading_examples(0), 300)]
+    corpus = [e.lead + " " + e.prompt + " " + e.answer for e in itertools.islice(reading_examples(0), 300)]
     tokenizer = train_tokenizer(corpus, tmp_path / "tok", kind=kind, vocab_size=400)
     if kind == "causal":
         model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
