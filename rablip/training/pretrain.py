@@ -6,12 +6,16 @@ Training pairs (query, item):
 - knowledge-item pairs: the image of an image+text item as the query, the whole item as the target
   (``train.item_pairs=entity``: any item with the same title, such as the entity's text article, with
   a random training question's text in the query as real queries have, and the image moved a little,
-  so that entities no training question asks about are learnt too);
+  so that entities no training question asks about are learnt too). The question is one that an item
+  of the target's kind answers in training (a text item: a question with a relevant text item; an
+  image item: one with a relevant image item), so a query never learns to find an item that could not
+  answer its question;
 - question pairs: a training question's image and text as the query, one of its relevant items as
   the target;
 - on the synthetic world, invented-creature pairs (``data.synthetic.pretrain_invented_share``): a
   fresh rendering of a made-up creature with a training question's text as the query, its fact text
-  or caption as the target (:mod:`rablip.data.synthetic.describing`).
+  (a question a text item answers) or its caption (one an image item answers) as the target
+  (:mod:`rablip.data.synthetic.describing`).
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
 """
 
@@ -114,7 +118,7 @@ class PairDataset(Dataset):
         self.cfg, self.pairs, self.kb, self.invented = cfg, pairs, kb, invented
         self.extra = extra if invented is not None else 0
         entity = cfg.train.item_pairs == "entity" or self.extra > 0
-        self.questions = sorted({pair.question for pair in pairs if pair.question}) if entity else []
+        self.questions = questions_by_item_kind(pairs, kb) if entity else {}
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
 
@@ -125,8 +129,9 @@ class PairDataset(Dataset):
         index, epoch = key
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         if index >= len(self.pairs):
-            image, item = self.invented.pair(rng)
-            return image, self.questions[int(rng.integers(len(self.questions)))], item, None
+            facts = bool(rng.random() < 0.5)
+            image, item = self.invented.pair(rng, facts)
+            return image, self.question_for(rng, "text" if facts else "image"), item, None
         pair = self.pairs[index]
         item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
         item_image = self.item_images.load(item.image, item.id) if item.modality != "text" else None
@@ -137,9 +142,31 @@ class PairDataset(Dataset):
             source = item if item.id == pair.record_id else self.kb[pair.record_id]
             query_image = item_image if source is item else self.item_images.load(source.image, source.id)
             if self.questions:
-                question = self.questions[int(rng.integers(len(self.questions)))]
+                question = self.question_for(rng, item_kind(item))
                 query_image = new_view(query_image, rng)
         return query_image, question, item, item_image
+
+    def question_for(self, rng: np.random.Generator, kind: str) -> str:
+        """A random training question that an item of ``kind`` (text, image) answers."""
+        questions = self.questions[kind]
+        return questions[int(rng.integers(len(questions)))]
+
+
+def item_kind(item: KBItem) -> str:
+    """``text`` for a text item, ``image`` for an item with an image."""
+    return "text" if item.modality == "text" else "image"
+
+
+def questions_by_item_kind(pairs: list[Pair], kb: KBStore) -> dict[str, list[str]]:
+    """Training question texts by the kind of item (text, image) that is relevant to them; a kind no
+    question has falls back to every question."""
+    by_kind: dict[str, set[str]] = {"text": set(), "image": set()}
+    for pair in pairs:
+        if pair.question:
+            for item in kb.get_many(pair.item_ids):
+                by_kind[item_kind(item)].add(pair.question)
+    every = sorted(set().union(*by_kind.values()))
+    return {kind: sorted(questions) or every for kind, questions in by_kind.items()}
 
 
 class PretrainModel(torch.nn.Module):

@@ -49,10 +49,15 @@ def test_entity_pairs_reach_every_item_of_the_title_with_a_training_question_and
     source = kb[pair.record_id]
     original = np.asarray(dataset.item_images.load(source.image, source.id), dtype=np.float32)
     drawn = set()
+    answered_by_images = {ex.question for ex in examples
+                          if any(kb[i].modality != "text" for i in ex.relevant_ids)}
+    assert answered_by_images and answered_by_images != questions
     for epoch in range(12):
         query_image, question, item, item_image = dataset[(index, epoch)]
         drawn.add(item.id)
         assert question in questions
+        if item.modality != "text":
+            assert question in answered_by_images, "a query finds an image item only with a question it answers"
         assert query_image is not None and query_image.size == (original.shape[1], original.shape[0])
         assert np.abs(np.asarray(query_image, dtype=np.float32) - original).mean() > 1.0, "a new view"
         if item.modality == "text":
@@ -84,11 +89,19 @@ def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_ev
     assert len(dataset) == len(pairs) + extra
     names = {item.title for b in kb.iter_batches(64) for item in b}
     questions = {ex.question for ex in examples}
-    drawn = [dataset[(len(pairs) + extra - 1, epoch)] for epoch in range(3)]
+    drawn = [dataset[(len(pairs) + extra - 1, epoch)] for epoch in range(12)]
+    answered_by_images = {ex.question for ex in examples
+                          if any(kb[i].modality != "text" for i in ex.relevant_ids)}
+    captions = 0
     for query_image, question, item, item_image in drawn:
         assert query_image is not None and item_image is None and item.modality == "text"
         assert question in questions and item.title not in names
-    assert len({item.id for _, _, item, _ in drawn}) == 3
+        is_caption = not any(f" {year}." in item.text for year in range(1850, 2000, 5))
+        captions += is_caption
+        if is_caption:
+            assert question in answered_by_images, "a caption is found with questions an image item answers"
+    assert 0 < captions < 12
+    assert len({item.id for _, _, item, _ in drawn}) == 12
     real = dataset[(0, 0)][2]
     assert real.id in {i for p in pairs for i in p.item_ids}
     off = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.synthetic.pretrain_invented_share=0"])

@@ -35,12 +35,12 @@ class InventedPairs:
         self.avoided = look_combinations(avoid_looks)
         self.image_size = image_size
 
-    def pair(self, rng: np.random.Generator) -> tuple[Image.Image, KBItem]:
-        """A rendering of a new invented creature and, as likely, its fact text or its caption."""
+    def pair(self, rng: np.random.Generator, facts: bool) -> tuple[Image.Image, KBItem]:
+        """A rendering of a new invented creature and its fact text (``facts``) or its caption."""
         name = self.names[int(rng.integers(len(self.names)))]
         creature = invented_entity(rng, name, invented_look(rng, self.avoided))
-        kind = "facts" if rng.random() < 0.5 else "caption"
-        text = creature.facts_text() if kind == "facts" else creature.caption()
+        kind = "facts" if facts else "caption"
+        text = creature.facts_text() if facts else creature.caption()
         item = KBItem(id=f"invented-{kind}-{name}-{creature.description}", modality="text", text=text,
                       title=name, source="invented")
         return render_entity(creature.attributes, rng, self.image_size), item
