@@ -2,7 +2,7 @@
 viewing warm-up, and does it tell them on entities it has never seen?
 
     python scripts/bench/vision_warmup.py [--steps 1500] [--entities 96] [--seed 0] [--work DIR]
-        [--encoders vit test_resnet]
+        [--encoders vit test_resnet] [--pool 4096]
 
 Builds a synthetic world (in ``--work``, temporary by default), then for each encoder runs the warm-up
 the tiny generator gets when it is built (:func:`rablip.models.vision_warmup.warm_up_vision_model` on
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rablip.data.synthetic.files import annotations_name, image_relpath, load_manifest  # noqa: E402
-from rablip.data.synthetic.viewing import attribute_label, class_counts, viewing_batches  # noqa: E402
+from rablip.data.synthetic.viewing import POOL, attribute_label, class_counts, viewing_batches  # noqa: E402
 from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES  # noqa: E402
 from rablip.data.synthetic.world import WorldSettings, build_world  # noqa: E402
 from rablip.models.factory import CLIP_MEAN, CLIP_STD  # noqa: E402
@@ -77,6 +77,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None)
     parser.add_argument("--encoders", nargs="+", default=["vit", "test_resnet"])
+    parser.add_argument("--pool", type=int, default=POOL,
+                        help="renderings drawn once and sampled (0: every batch rendered anew)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work or tempfile.mkdtemp(prefix="rablip-bench-vision-"))
@@ -98,14 +100,14 @@ def main(argv: list[str]) -> int:
         torch.manual_seed(args.seed)
         encoder = build_encoder(name)
         started = time.perf_counter()
-        batches = viewing_batches(args.seed, 32, IMAGE_SIZE, avoid)
+        batches = viewing_batches(args.seed, 32, IMAGE_SIZE, avoid, pool=args.pool)
         warm_up_vision_model(encoder, processor, WIDTH, class_counts(), batches, args.steps, seed=args.seed,
                              show_progress=False)
         seconds = time.perf_counter() - started
         # a linear probe of the frozen features (what the Q-Former reads), fitted on new invented creatures
         heads = AttributeHeads(encoder, WIDTH, class_counts())
         encoder.requires_grad_(False)
-        fit_probe(heads, processor, viewing_batches(args.seed + 1, 32, IMAGE_SIZE, avoid))
+        fit_probe(heads, processor, viewing_batches(args.seed + 1, 32, IMAGE_SIZE, avoid, pool=0))
         params = sum(p.numel() for p in encoder.parameters())
         for group, rows in (("seen", seen_rows), ("unseen", ~seen_rows)):
             cells = " | ".join(f"{value:.1f}" for value in accuracies(heads, pixel_values, labels, rows))

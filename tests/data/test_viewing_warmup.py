@@ -30,18 +30,32 @@ def test_labels_index_each_attribute_in_vocabulary_order():
 
 def test_batches_are_seeded_and_never_show_an_avoided_look():
     allowed, avoided = ALL_LOOKS[:6], ALL_LOOKS[6:]
-    labels = [tuple(label) for _, batch in itertools.islice(viewing_batches(0, 8, 32, avoided), 5) for label in batch]
-    assert set(labels) <= {tuple(attribute_label(look)) for look in allowed}
-    assert len(set(labels)) > 1
-    first = _pixels(viewing_batches(0, 4, 32), 2)
-    assert all(np.array_equal(a, b) for a, b in zip(first, _pixels(viewing_batches(0, 4, 32), 2)))
-    assert not np.array_equal(first[0], _pixels(viewing_batches(1, 4, 32), 1)[0])
-    assert first[0].shape == (32, 32, 3)
+    for pool in (0, 16):
+        batches = viewing_batches(0, 8, 32, avoided, pool=pool)
+        labels = [tuple(label) for _, batch in itertools.islice(batches, 5) for label in batch]
+        assert set(labels) <= {tuple(attribute_label(look)) for look in allowed}
+        assert len(set(labels)) > 1
+        first = _pixels(viewing_batches(0, 4, 32, pool=pool), 2)
+        assert all(np.array_equal(a, b) for a, b in zip(first, _pixels(viewing_batches(0, 4, 32, pool=pool), 2)))
+        assert not np.array_equal(first[0], _pixels(viewing_batches(1, 4, 32, pool=pool), 1)[0])
+        assert first[0].shape == (32, 32, 3)
+
+
+def test_batches_sample_a_pool_of_renderings_mirrored_or_not_that_keeps_changing():
+    drawn = _pixels(viewing_batches(0, 8, 32, pool=4, refresh=0), 50)
+    distinct = {image.tobytes() for image in drawn}
+    assert 4 < len(distinct) <= 8, "four renderings, each as drawn or mirrored"
+    assert any(np.array_equal(image[:, ::-1], other) for image in drawn for other in drawn
+               if not np.array_equal(image, other)), "a mirrored rendering is the left-right flip of another"
+    refreshed = _pixels(viewing_batches(0, 8, 32, pool=4, refresh=1), 50)
+    assert len({image.tobytes() for image in refreshed}) > 30, "one new rendering after every batch"
+    fresh = _pixels(viewing_batches(0, 8, 32, pool=0), 50)
+    assert len({image.tobytes() for image in fresh}) == 400
 
 
 def test_world_entities_looks_are_avoided_and_the_rest_all_drawn():
     world = [entity.attributes for entity in sample_entities(0, 96, 48, 0.3)]
-    labels = {tuple(label) for _, batch in itertools.islice(viewing_batches(0, 64, 16, world), 60) for label in batch}
+    labels = {tuple(label) for _, batch in itertools.islice(viewing_batches(0, 64, 16, world, pool=0), 60) for label in batch}
     world_labels = {tuple(attribute_label(look)) for look in world}
     assert not labels & world_labels
     assert len(labels) > 0.9 * (len(ALL_LOOKS) - len(world_labels)), "invented creatures cover the other looks"
@@ -53,7 +67,7 @@ def test_warm_up_lowers_the_attribute_loss_and_keeps_frozen_weights_frozen():
     encoder.requires_grad_(False)
     before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
     processor = BlipImageProcessor(size={"height": 32, "width": 32})
-    losses = warm_up_vision_model(encoder, processor, 16, class_counts(), viewing_batches(0, 16, 32), steps=60,
+    losses = warm_up_vision_model(encoder, processor, 16, class_counts(), viewing_batches(0, 16, 32, pool=256), steps=60,
                                   warmup_steps=5,
                                   show_progress=False)
     assert len(losses) == 60 and not encoder.training

@@ -13,12 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from rablip.data.synthetic.render import render_entity
 from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
 
 _STREAM_VIEWING = 8
+POOL = 1024
+"""Renderings a batch samples from (each mirrored left-right half of the time, as every shape is
+symmetric about its vertical axis): rendering a whole batch anew is most of a warm-up step's time."""
+REFRESH = 8
+"""Pool renderings replaced by new ones after each batch, so the pool keeps changing."""
 
 
 def attribute_label(attributes: Mapping[str, str]) -> list[int]:
@@ -31,17 +36,34 @@ def class_counts() -> list[int]:
     return [len(values) for values in VISUAL_ATTRIBUTES.values()]
 
 
-def viewing_batches(seed: int, batch_size: int, image_size: int,
-                    avoid: Iterable[Mapping[str, str]] = ()) -> Iterator[tuple[list[Image.Image], list[list[int]]]]:
+def viewing_batches(seed: int, batch_size: int, image_size: int, avoid: Iterable[Mapping[str, str]] = (),
+                    pool: int = POOL, refresh: int = REFRESH) -> Iterator[tuple[list[Image.Image], list[list[int]]]]:
     """An endless, seeded stream of (renderings, attribute labels) batches of invented creatures.
 
     ``avoid`` holds attribute dicts (the world's entities'); no rendering has one of their combinations.
+    With ``pool`` > 0 a pool of that many renderings is drawn first; batches sample it (mirrored at
+    random) and after each batch ``refresh`` of its renderings are replaced by new ones. With 0 every
+    batch is rendered anew.
     """
     rng = np.random.default_rng([seed, _STREAM_VIEWING])
     avoided = look_combinations(avoid)
+
+    def draw() -> tuple[Image.Image, list[int]]:
+        look = invented_look(rng, avoided)
+        return render_entity(look, rng, image_size), attribute_label(look)
+
+    if pool:
+        drawn = [draw() for _ in range(pool)]
+        while True:
+            picked = rng.integers(pool, size=batch_size)
+            mirrored = rng.random(batch_size) < 0.5
+            yield ([ImageOps.mirror(drawn[i][0]) if flip else drawn[i][0] for i, flip in zip(picked, mirrored)],
+                   [drawn[i][1] for i in picked])
+            for i in rng.choice(pool, size=min(refresh, pool), replace=False):
+                drawn[i] = draw()
     while True:
-        looks = [invented_look(rng, avoided) for _ in range(batch_size)]
-        yield [render_entity(look, rng, image_size) for look in looks], [attribute_label(look) for look in looks]
+        batch = [draw() for _ in range(batch_size)]
+        yield [image for image, _ in batch], [label for _, label in batch]
 
 
 def look_combinations(looks: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
