@@ -45,6 +45,29 @@ def per_sample_token_losses(
     return token_losses.sum(dim=1), counts
 
 
+def labelled_token_losses(
+    hidden: torch.Tensor, output_layer: torch.nn.Module, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`per_sample_token_losses` (with ``shift``) and a per-sample exact match compute, with the
+    output layer applied to the positions that predict a label only: summed token cross-entropy (B,),
+    target-token counts (B,) and whether every target token is its logits' argmax (B,).
+
+    ``hidden`` (B, L, H) are a decoder-only LLM's last hidden states, ``labels`` (B, L) its labels.
+    """
+    labels = labels[:, 1:].to(hidden.device)
+    predicting = labels != IGNORE_INDEX
+    logits = output_layer(hidden[:, :-1][predicting]).float()
+    targets = labels[predicting]
+    rows = predicting.nonzero()[:, 0]
+    batch = labels.shape[0]
+    token_losses = F.cross_entropy(logits, targets, reduction="none")
+    loss_sums = torch.zeros(batch, dtype=token_losses.dtype, device=hidden.device).index_add(0, rows, token_losses)
+    wrong = torch.zeros(batch, dtype=torch.long, device=hidden.device).index_add(
+        0, rows, (logits.argmax(dim=-1) != targets).long())
+    counts = predicting.sum(dim=1)
+    return loss_sums, counts, (wrong == 0) & (counts > 0)
+
+
 def _kind_mean(per_sample: torch.Tensor, has_target: torch.Tensor, selected: torch.Tensor) -> torch.Tensor | None:
     chosen = selected & has_target
     if not bool(chosen.any()):

@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 
 from rablip.models.config import RABlipConfig
 from rablip.models.freezing import apply_trainable_modules
-from rablip.models.loss import combine_losses, per_sample_token_losses
+from rablip.models.loss import combine_losses, labelled_token_losses, per_sample_token_losses
 from rablip.models.qformer import build_qformer, run_qformer
 from rablip.models.refine_hook import apply_refinement
 from rablip.models.slots import SlotBatch, normalize_slot_inputs
@@ -37,9 +37,12 @@ class RABlipOutput(ModelOutput):
 
     loss: the training loss (weighted by ``sample_weight`` when given), when labels are given.
     logits: LLM logits (B, L, V) for decoder-only, (B, T, V) for encoder-decoder.
+        None when a decoder-only model was called with ``return_logits=False`` and labels.
     qa_loss / askg_loss: unweighted mean loss of QA / ASKG samples (detached, for logging),
         when ``sample_kind`` is given and the batch has such samples.
     per_sample_loss: token-mean cross-entropy per sample (B,), detached.
+    target_match: (B,) whether every target token is its logits' argmax (teacher forcing), with
+        ``return_logits=False`` on a decoder-only model.
     """
 
     loss: torch.Tensor | None = None
@@ -47,6 +50,7 @@ class RABlipOutput(ModelOutput):
     qa_loss: torch.Tensor | None = None
     askg_loss: torch.Tensor | None = None
     per_sample_loss: torch.Tensor | None = None
+    target_match: torch.Tensor | None = None
     language_model_outputs: Any = None
 
 
@@ -229,13 +233,16 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         image_embeds: torch.Tensor | None = None,
         image_embeds_mask: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> RABlipOutput:
         """Loss and logits for a batch in the model batch contract (or InstructBLIP's single-image shapes).
 
         ``pixel_values`` (B, S, 3, H, W) or (B, 3, H, W); ``qformer_input_ids`` (B, S, Lq) or (B, Lq);
         ``image_slot_mask`` (B, S), default all True. ``image_embeds`` (B, S, P, Dv): precomputed vision
         features used, instead of the pixels, in the slots where ``image_embeds_mask`` (B, S) is True
-        (default: every real slot). See the batch contract for the rest.
+        (default: every real slot). See the batch contract for the rest. With labels, ``return_logits=False``
+        lets a decoder-only model apply its output layer to the positions that predict a label only (most
+        of a training step's time otherwise): ``logits`` is then None and ``target_match`` is set.
         """
         slots = normalize_slot_inputs(
             pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, self.config.max_image_slots,
@@ -244,6 +251,15 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         inputs_embeds = self.embed_inputs(slots, input_ids, interpolate_pos_encoding)
+        if self.is_decoder_only and labels is not None and not return_logits:
+            outputs = self.language_model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                                        return_dict=True)
+            loss_sums, counts, match = labelled_token_losses(
+                outputs.last_hidden_state, self.language_model.get_output_embeddings(), labels)
+            parts = combine_losses(loss_sums, counts, sample_weight, sample_kind)
+            return RABlipOutput(loss=parts.loss, qa_loss=parts.qa_loss, askg_loss=parts.askg_loss,
+                                per_sample_loss=parts.per_sample_loss, target_match=match,
+                                language_model_outputs=outputs)
         if self.is_decoder_only:
             outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True)
         else:

@@ -166,15 +166,18 @@ def sequence_match(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> t
 
 def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted answer + ASKG loss, with the two parts and the selection accuracy to log."""
-    out = model(**batch)
+    out = model(**batch, return_logits=False)
     logs: dict[str, float] = {}
     if out.qa_loss is not None:
         logs["qa_loss"] = float(out.qa_loss)
     if out.askg_loss is not None:
         logs["askg_loss"] = float(out.askg_loss)
         selection = batch["sample_kind"] == 1
-        shift = bool(getattr(model, "module", model).is_decoder_only)
-        right = sequence_match(out.logits.detach(), batch["labels"], shift)[selection]
+        if out.target_match is not None:
+            right = out.target_match[selection]
+        else:
+            shift = bool(getattr(model, "module", model).is_decoder_only)
+            right = sequence_match(out.logits.detach(), batch["labels"], shift)[selection]
         logs["selection_acc"] = float(right.float().mean())
     return out.loss, logs
 

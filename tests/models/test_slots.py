@@ -125,3 +125,29 @@ def test_refinement_keeps_top_m_patches(tiny_t5_dir):
     hook.remove()
     assert calls == [16 + 1, 3 + 1]
     assert torch.isfinite(output.loss)
+
+
+def test_labels_only_output_layer_gives_the_same_losses_and_matches(opt_model):
+    from rablip.training.finetune import sequence_match
+
+    batch = make_batch(opt_model.config, [[True, True, False], [True, False, True]], decoder_only=True, seed=6)
+    batch["sample_weight"] = torch.tensor([1.0, 0.1])
+    batch["sample_kind"] = torch.tensor([0, 1])
+    with torch.no_grad():
+        full = opt_model(**batch)
+        lean = opt_model(**batch, return_logits=False)
+        # a target the model predicts exactly for row 0: its own greedy tokens
+        greedy = full.logits.argmax(-1)
+        labelled = batch["labels"] != IGNORE_INDEX
+        batch["labels"][0, 1:][labelled[0, 1:]] = greedy[0, :-1][labelled[0, 1:]]
+        full_matched = opt_model(**batch)
+        lean_matched = opt_model(**batch, return_logits=False)
+    assert lean.logits is None and full.target_match is None
+    for a, b in ((lean, full), (lean_matched, full_matched)):
+        torch.testing.assert_close(a.loss, b.loss)
+        torch.testing.assert_close(a.per_sample_loss, b.per_sample_loss)
+        torch.testing.assert_close(a.qa_loss, b.qa_loss)
+        torch.testing.assert_close(a.askg_loss, b.askg_loss)
+    expected = sequence_match(full_matched.logits, batch["labels"], shift=True)
+    assert lean_matched.target_match.tolist() == expected.tolist() and expected.tolist()[0] is True
+
