@@ -1,9 +1,15 @@
 """Reference plans for fine-tuning: clean, ASKG-mixed, and RORA-VLM noise-resilient.
 
 Adaptive Selection Knowledge Generation (RA-BLIP): a training example's references mix relevant and
-irrelevant items (``askg.noise_ratio`` is the expected share of irrelevant ones), their order is
-shuffled (the relevant one is never first by rule), and the example also yields a relevance-selection
-sample whose target names the relevant reference, weighted by ``askg.weight``.
+irrelevant items (``askg.noise_ratio`` is the expected share of irrelevant ones), and the example also
+yields a relevance-selection sample whose target names the relevant reference (listed in a shuffled
+order), weighted by ``askg.weight``.
+
+Order of the references of the answering sample: with a retrieval ranking (``ranked``), the order the
+retriever ranks them in, as the generator meets them when it answers, and the items it did not rank
+(random negatives, noise snippets) after those, in random order; without one (gold references),
+shuffled. So the relevant reference is never first by rule (the release's position bias), only where
+the retriever put it.
 
 Noise-resilient training (RORA-VLM): ``noise.random_snippets`` extra items of random other entities
 (never the target's) are added to every example.
@@ -63,7 +69,9 @@ def plan_references(relevant_ids: Sequence[str], k: int, rng: np.random.Generato
     """Choose and order the references of one training example.
 
     ``relevant_ids`` are the example's relevant items (gold labels, or the relevant part of what was
-    retrieved); without ASKG the first ``k`` of them are the references (clean training).
+    retrieved); without ASKG the first ``k`` of them are the references (clean training). ``ranked``
+    is the retriever's ranking of the example's candidates (hard negatives come from it, and it orders
+    the references; see the module docstring).
     """
     relevant = list(dict.fromkeys(relevant_ids))
     relevant_set = set(relevant)
@@ -84,6 +92,9 @@ def plan_references(relevant_ids: Sequence[str], k: int, rng: np.random.Generato
 
     pairs = [(i, True) for i in chosen] + [(i, False) for i in irrelevant]
     order = rng.permutation(len(pairs))
+    if ranked is not None:
+        rank = {item_id: position for position, item_id in enumerate(ranked)}
+        order = sorted(order, key=lambda j: rank.get(pairs[j][0], len(rank)))  # stable: unranked stay shuffled
     plan = ReferencePlan(ids=[pairs[j][0] for j in order], relevant=[pairs[j][1] for j in order])
 
     if askg and chosen:

@@ -85,3 +85,21 @@ def test_same_seed_same_plan():
     b = plan_references(["r1", "r2"], 3, np.random.default_rng([4, 1, 7]), random_items=random_items,
                         askg=True, noise_ratio=0.5, random_snippets=1)
     assert a == b
+
+
+def test_with_a_ranking_references_keep_the_retrievers_order_and_unranked_items_come_last():
+    ranked = ["h1", "r", "h2", "h3"]
+    orders, last = set(), set()
+    for seed in range(300):
+        plan = plan_references(["r"], 3, np.random.default_rng(seed), random_items=random_items, askg=True,
+                               noise_ratio=2 / 3, negatives="hard", ranked=ranked, random_snippets=2)
+        ranked_part = [i for i in plan.ids if i in ranked]
+        assert ranked_part == sorted(ranked_part, key=ranked.index), "the retriever's order"
+        assert plan.ids[:len(ranked_part)] == ranked_part, "unranked items after the ranked ones"
+        orders.add(tuple(plan.ids[len(ranked_part):]))
+        last.add(plan.selection_target)
+    assert len(orders) > 100, "the unranked items (random snippets) come in a random order"
+    assert len(last) >= 2, "the selection sample stays shuffled"
+    clean = plan_references(["a", "b", "c"], 3, np.random.default_rng(0), random_items=random_items,
+                            ranked=["a", "b", "c"])
+    assert clean.ids == ["a", "b", "c"], "clean training keeps the retrieved top k in rank order"
