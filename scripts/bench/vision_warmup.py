@@ -2,7 +2,7 @@
 viewing warm-up, and does it tell them on entities it has never seen?
 
     python scripts/bench/vision_warmup.py [--steps 1500] [--entities 96] [--seed 0] [--work DIR]
-        [--encoders vit test_resnet] [--pool 4096]
+        [--encoders vit test_resnet] [--pool 1024]
 
 Builds a synthetic world (in ``--work``, temporary by default), then for each encoder runs the warm-up
 the tiny generator gets when it is built (:func:`rablip.models.vision_warmup.warm_up_vision_model` on
