@@ -7,7 +7,7 @@ from rablip.utils.cli import run_main, run_stage
 
 
 def main(argv: list[str]) -> int:
-    return run_stage(argv, __doc__, "rablip.training.finetune:finetune")
+    return run_stage(argv, __doc__, "rablip.stages.finetune:finetune")
 
 
 if __name__ == "__main__":

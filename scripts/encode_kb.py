@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rablip.config.cli import parse_config  # noqa: E402
-from rablip.retrieval.encode_run import encode_knowledge_base  # noqa: E402
+from rablip.stages.encode_kb import encode_knowledge_base  # noqa: E402
 from rablip.utils.cli import run_main  # noqa: E402
 
 

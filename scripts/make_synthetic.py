@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rablip.data.synthetic.edit import edit_world  # noqa: E402
-from rablip.data.synthetic.world import WorldSettings, build_world  # noqa: E402
-from rablip.data.synthetic.world_tokenizers import train_world_tokenizers  # noqa: E402
 from rablip.errors import ConfigError  # noqa: E402
+from rablip.synthetic.edit import edit_world  # noqa: E402
+from rablip.synthetic.world import WorldSettings, build_world  # noqa: E402
+from rablip.synthetic.world_tokenizers import train_world_tokenizers  # noqa: E402
 from rablip.utils.cli import run_main  # noqa: E402
 
 

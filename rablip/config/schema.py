@@ -224,7 +224,7 @@ class SyntheticConfig:
     eval_images_per_entity: int = 3
     align_images: int = 4000
     """Renderings of invented creatures in the world's align/ split, one visual question each, for the
-    generator's alignment stage (configs/experiment/synthetic_align.yaml; rablip.data.synthetic.aligning;
+    generator's alignment stage (configs/experiment/synthetic_align.yaml; rablip.synthetic.aligning;
     no world entity's look). 0: no align/ split."""
     edit_fraction: float = 0.2
     """Knowledge edit: share of test entities whose facts change."""
@@ -233,16 +233,16 @@ class SyntheticConfig:
     tokenizer_vocab_size: int = 1500
     reading_warmup_steps: int = 0
     """When model.build_if_missing builds the tiny generator: text-only steps its LLM first trains on
-    reading questions about invented creatures (rablip.data.synthetic.reading; no world entity), standing
+    reading questions about invented creatures (rablip.synthetic.reading; no world entity), standing
     in for the pre-trained LLM a real checkpoint brings. 0: none."""
     vision_warmup_steps: int = 0
     """When model.build_if_missing builds the tiny generator: steps its vision encoder first trains to
     name the shape, colour, pattern and size of renderings of invented creatures
-    (rablip.data.synthetic.viewing; no world entity's looks), standing in for the pre-trained vision
+    (rablip.synthetic.viewing; no world entity's looks), standing in for the pre-trained vision
     encoder a real checkpoint brings. 0: none."""
     pretrain_invented_share: float = 0.0
     """Share of run_pretrain's pairs drawn fresh each time from invented creatures (a rendering as the
-    query, its fact text or caption as the item; rablip.data.synthetic.describing; no world entity's look
+    query, its fact text or caption as the item; rablip.synthetic.describing; no world entity's look
     or name), standing in for the generic image-text pairs a real Q-Former is pre-trained on. 0: none."""
 
     def __post_init__(self) -> None:

@@ -396,7 +396,7 @@ class Collator:
             raise ConfigError(
                 f"the LLM tokenizer has no special token {self.image_token!r}; add it with "
                 "tokenizer.add_special_tokens({'additional_special_tokens': ['<image>']}) and save the tokenizer "
-                "(rablip.data.tokenizer_training adds it), or set image_token to the one it has."
+                "(rablip.synthetic.tokenizer_training adds it), or set image_token to the one it has."
             )
         return token_id
 

@@ -16,7 +16,7 @@ KB_MANIFEST = "kb_manifest.json"
 
 def ensure_synthetic_world(cfg: Config) -> None:
     """Build the synthetic world into ``data.synthetic.world_dir`` unless it is already there."""
-    from rablip.data.synthetic.world import WorldSettings, build_world
+    from rablip.synthetic.world import WorldSettings, build_world
 
     syn = cfg.data.synthetic
     if (Path(syn.world_dir) / "world.json").is_file():

@@ -13,9 +13,9 @@ from transformers import BlipImageProcessor
 from rablip.config.schema import ArchConfig, Config
 from rablip.data.collate import Collator
 from rablip.errors import ConfigError
-from rablip.models.build import build_tiny_checkpoint, copy_ready_attention
 from rablip.models.freezing import parameter_counts, set_gradient_checkpointing
 from rablip.models.rablip import RABlipForConditionalGeneration
+from rablip.synthetic.build import build_tiny_checkpoint, copy_ready_attention
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.models")
@@ -75,7 +75,7 @@ def ensure_generator_checkpoint(cfg: Config) -> Path:
     if cfg.data.dataset != "synthetic":
         raise ConfigError("model.build_if_missing builds a tiny model with tokenizers trained on the synthetic world; "
                           "for data.dataset=" + cfg.data.dataset + " point model.checkpoint at real weights.")
-    from rablip.data.synthetic.world_tokenizers import train_world_tokenizers
+    from rablip.synthetic.world_tokenizers import train_world_tokenizers
 
     arch = cfg.model.arch
     kind = "t5" if arch.llm_type == "t5" else "causal"
@@ -110,12 +110,12 @@ def prepare_tiny_generator(cfg: Config, model_dir: Path, llm_tokenizer, image_pr
     """Give the just-built tiny checkpoint in ``model_dir`` its configured vision encoder, copy-ready LLM
     attention and warm-ups, and save it there as a full rablip checkpoint (the tokenizer and processor
     files stay)."""
-    from rablip.data.synthetic.files import load_manifest
-    from rablip.data.synthetic.reading import reading_examples
-    from rablip.data.synthetic.viewing import class_counts, viewing_batches
-    from rablip.models.llm_warmup import warm_up_language_model
     from rablip.models.vision import build_vision_model
-    from rablip.models.vision_warmup import warm_up_vision_model
+    from rablip.synthetic.files import load_manifest
+    from rablip.synthetic.llm_warmup import warm_up_language_model
+    from rablip.synthetic.reading import reading_examples
+    from rablip.synthetic.viewing import class_counts, viewing_batches
+    from rablip.synthetic.vision_warmup import warm_up_vision_model
 
     syn, seed = cfg.data.synthetic, cfg.run.seed
     model = RABlipForConditionalGeneration.from_pretrained(str(model_dir))

@@ -5,7 +5,7 @@
 
 Each size is ``QUESTIONSxKB_ITEMS``. In a work directory (temporary unless ``--work``) it builds:
 
-- a 12-entity synthetic world (``rablip.data.synthetic``) for its question images and the
+- a 12-entity synthetic world (``rablip.synthetic``) for its question images and the
   tokenizers of the tiny generator, which is built once (``configs/model/tiny.yaml``);
 - per KB size, a generic KB JSONL of text items (about 30 words each) and its store
   (``build_kb_store``, as ``scripts/build_kb.py`` does);
@@ -67,8 +67,8 @@ def world_overrides(world: Path) -> list[str]:
 def prepare_world_and_model(world: Path, seed: int) -> None:
     """The synthetic world (question images, tokenizer texts) and the tiny generator built on it."""
     from rablip.config import load_config
-    from rablip.data.synthetic.world import WorldSettings, build_world
     from rablip.models.factory import ensure_generator_checkpoint
+    from rablip.synthetic.world import WorldSettings, build_world
 
     build_world(world, WorldSettings(seed=seed, entities=WORLD_ENTITIES))
     ensure_generator_checkpoint(load_config(str(EVAL_CONFIG), world_overrides(world)))

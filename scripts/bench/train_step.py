@@ -41,9 +41,9 @@ from rablip.data.collate import Collator, make_qa_sample  # noqa: E402
 from rablip.data.images import ImageLoader  # noqa: E402
 from rablip.data.kb import KBStore, build_kb_store  # noqa: E402
 from rablip.data.records import KBItem, QAExample  # noqa: E402
-from rablip.data.tokenizer_training import train_tokenizer  # noqa: E402
 from rablip.models import RABlipForConditionalGeneration  # noqa: E402
-from rablip.models.build import build_tiny_checkpoint  # noqa: E402
+from rablip.synthetic.build import build_tiny_checkpoint  # noqa: E402
+from rablip.synthetic.tokenizer_training import train_tokenizer  # noqa: E402
 from rablip.training.feature_cache import open_or_build  # noqa: E402
 
 TRAINABLE = ["qformer", "query_tokens", "language_projection", "slot_embeddings"]

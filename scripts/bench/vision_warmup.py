@@ -5,8 +5,8 @@ viewing warm-up, and does it tell them on entities it has never seen?
         [--encoders vit test_resnet] [--pool 1024]
 
 Builds a synthetic world (in ``--work``, temporary by default), then for each encoder runs the warm-up
-the tiny generator gets when it is built (:func:`rablip.models.vision_warmup.warm_up_vision_model` on
-:func:`rablip.data.synthetic.viewing.viewing_batches`: invented creatures, none with a world entity's
+the tiny generator gets when it is built (:func:`rablip.synthetic.vision_warmup.warm_up_vision_model` on
+:func:`rablip.synthetic.viewing.viewing_batches`: invented creatures, none with a world entity's
 looks, same seed, same steps). Then a linear probe of the frozen encoder's features, fitted on new
 invented creatures, is scored on the world's test images, split by whether the pictured entity is
 seen in training questions or not. ``vit`` is InstructBLIP's vision
@@ -31,13 +31,13 @@ from transformers import BlipImageProcessor, InstructBlipVisionConfig, InstructB
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from rablip.data.synthetic.files import annotations_name, image_relpath, load_manifest  # noqa: E402
-from rablip.data.synthetic.viewing import POOL, attribute_label, class_counts, viewing_batches  # noqa: E402
-from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES  # noqa: E402
-from rablip.data.synthetic.world import WorldSettings, build_world  # noqa: E402
 from rablip.models.factory import CLIP_MEAN, CLIP_STD  # noqa: E402
 from rablip.models.vision import TimmVisionEncoder  # noqa: E402
-from rablip.models.vision_warmup import AttributeHeads, attribute_loss, warm_up_vision_model  # noqa: E402
+from rablip.synthetic.files import annotations_name, image_relpath, load_manifest  # noqa: E402
+from rablip.synthetic.viewing import POOL, attribute_label, class_counts, viewing_batches  # noqa: E402
+from rablip.synthetic.vision_warmup import AttributeHeads, attribute_loss, warm_up_vision_model  # noqa: E402
+from rablip.synthetic.vocab import VISUAL_ATTRIBUTES  # noqa: E402
+from rablip.synthetic.world import WorldSettings, build_world  # noqa: E402
 
 WIDTH, IMAGE_SIZE = 64, 64
 

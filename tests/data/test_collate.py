@@ -22,8 +22,8 @@ from rablip.data.collate import (
 )
 from rablip.data.images import ImageLoader
 from rablip.data.records import KBItem, QAExample
-from rablip.data.tokenizer_training import train_tokenizer
 from rablip.errors import ConfigError, DataError
+from rablip.synthetic.tokenizer_training import train_tokenizer
 
 NUM_QUERY = 4
 IMAGE_SIZE = 16

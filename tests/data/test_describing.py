@@ -4,8 +4,8 @@ import itertools
 
 import numpy as np
 
-from rablip.data.synthetic.describing import InventedPairs
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
+from rablip.synthetic.describing import InventedPairs
+from rablip.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
 
 ALL_LOOKS = [dict(zip(VISUAL_ATTRIBUTES, combo)) for combo in itertools.product(*VISUAL_ATTRIBUTES.values())]
 

@@ -8,12 +8,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from rablip.data import prompts
-from rablip.data.synthetic.entities import sample_entities
-from rablip.data.synthetic.questions import TEMPLATES
-from rablip.data.synthetic.reading import reading_examples
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
-from rablip.data.tokenizer_training import train_tokenizer
-from rablip.models.llm_warmup import answer_loss, tokenize_pairs, warm_up_language_model
+from rablip.synthetic.entities import sample_entities
+from rablip.synthetic.llm_warmup import answer_loss, tokenize_pairs, warm_up_language_model
+from rablip.synthetic.questions import TEMPLATES
+from rablip.synthetic.reading import reading_examples
+from rablip.synthetic.tokenizer_training import train_tokenizer
+from rablip.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES
 
 WORLD_ENTITIES = sample_entities(0, 96, 48, 0.3)
 WORLD_NAMES = [entity.name for entity in WORLD_ENTITIES]

@@ -14,16 +14,16 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from rablip.data.okvqa import load_okvqa
-from rablip.data.synthetic.aligning import write_align_split
-from rablip.data.synthetic.edit import edit_world
-from rablip.data.synthetic.entities import split_counts
-from rablip.data.synthetic.files import ALIGN_DIR, SPLITS, annotations_name, image_relpath, questions_name
-from rablip.data.synthetic.questions import TEMPLATES
-from rablip.data.synthetic.render import COLOURS_RGB, render_entity
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
-from rablip.data.synthetic.world import WorldSettings, build_world
-from rablip.data.synthetic.world_tokenizers import train_world_tokenizers
 from rablip.errors import DataError
+from rablip.synthetic.aligning import write_align_split
+from rablip.synthetic.edit import edit_world
+from rablip.synthetic.entities import split_counts
+from rablip.synthetic.files import ALIGN_DIR, SPLITS, annotations_name, image_relpath, questions_name
+from rablip.synthetic.questions import TEMPLATES
+from rablip.synthetic.render import COLOURS_RGB, render_entity
+from rablip.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
+from rablip.synthetic.world import WorldSettings, build_world
+from rablip.synthetic.world_tokenizers import train_world_tokenizers
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = WorldSettings(seed=7, entities=12, distractors=4, image_size=32, train_images_per_entity=2,

@@ -1,11 +1,11 @@
-"""Tokenizers trained with rablip.data.tokenizer_training load like real checkpoints and behave like them."""
+"""Tokenizers trained with rablip.synthetic.tokenizer_training load like real checkpoints and behave like them."""
 
 from __future__ import annotations
 
 import pytest
 from transformers import AutoTokenizer
 
-from rablip.data.tokenizer_training import IMAGE_TOKEN, train_tokenizer
+from rablip.synthetic.tokenizer_training import IMAGE_TOKEN, train_tokenizer
 
 CORPUS = [
     "What does this creature eat?",

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import BlipImageProcessor
 
-from rablip.data.synthetic.entities import sample_entities
-from rablip.data.synthetic.viewing import attribute_label, class_counts, viewing_batches
-from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
 from rablip.models.vision import TimmVisionEncoder
-from rablip.models.vision_warmup import warm_up_vision_model
+from rablip.synthetic.entities import sample_entities
+from rablip.synthetic.viewing import attribute_label, class_counts, viewing_batches
+from rablip.synthetic.vision_warmup import warm_up_vision_model
+from rablip.synthetic.vocab import VISUAL_ATTRIBUTES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

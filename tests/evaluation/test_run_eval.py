@@ -20,9 +20,9 @@ from rablip.data.splits import load_split
 from rablip.evaluation.cli import score_main
 from rablip.evaluation.predict import choose_answers
 from rablip.evaluation.references import NoisyReferences, noise_count
-from rablip.evaluation.run import evaluate
 from rablip.models.factory import build_collator, load_generator
-from rablip.retrieval.encode_run import encode_knowledge_base
+from rablip.stages.encode_kb import encode_knowledge_base
+from rablip.stages.evaluate import evaluate
 from tests.retrieval.tiny_world import make_tiny_world, one_thread
 from tests.training.launch import FINETUNE, finetune_args, run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rablip.models.build import build_tiny_checkpoint, tiny_architecture
+from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
 
 
 @pytest.fixture(scope="session")

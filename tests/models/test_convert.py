@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rablip.models import RABlipForConditionalGeneration
-from rablip.models.build import build_tiny_checkpoint, tiny_architecture
 from rablip.models.convert import REPORT_FILE, convert_lavis_checkpoint, map_lavis_key
 from rablip.models.loading import CheckpointError
+from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
 
 _VISION_LAYER = [
     ("layer_norm1.", "norm1."), ("layer_norm2.", "norm2."), ("self_attn.qkv.weight", "attn.qkv.weight"),

@@ -11,7 +11,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from rablip.models.build import copy_ready_attention
+from rablip.synthetic.build import copy_ready_attention
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 VOCAB = 64

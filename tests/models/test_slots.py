@@ -128,7 +128,7 @@ def test_refinement_keeps_top_m_patches(tiny_t5_dir):
 
 
 def test_labels_only_output_layer_gives_the_same_losses_and_matches(opt_model):
-    from rablip.training.finetune import sequence_match
+    from rablip.stages.finetune import sequence_match
 
     batch = make_batch(opt_model.config, [[True, True, False], [True, False, True]], decoder_only=True, seed=6)
     batch["sample_weight"] = torch.tensor([1.0, 0.1])

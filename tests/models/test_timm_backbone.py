@@ -7,7 +7,7 @@ import torch
 
 from rablip.errors import ConfigError
 from rablip.models import RABlipConfig, RABlipForConditionalGeneration
-from rablip.models.build import tiny_architecture
+from rablip.synthetic.build import tiny_architecture
 
 from .conftest import make_batch
 

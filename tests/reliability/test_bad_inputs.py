@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from rablip.evaluation.cli import score_main
-from rablip.models.build import build_tiny_checkpoint, tiny_architecture
 from rablip.retrieval import search
 from rablip.retrieval.index import build_index
+from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
 from rablip.utils.cli import run_main
 from tests.data.image_fixtures import noisy_jpeg
 from tests.data.test_webqa import _train_val, _write_tsv
@@ -324,7 +324,7 @@ def eval_index_of_another_encoder(tmp: Path, world: FinetuneWorld) -> list[str]:
 
     from rablip.config import load_config
     from rablip.models.factory import build_retrieval_encoder, load_generator
-    from rablip.retrieval.encode_run import encode_knowledge_base
+    from rablip.stages.encode_kb import encode_knowledge_base
 
     argv = _eval_args(tmp, world, "retrieval.source=index", f"retrieval.index_dir={tmp / 'index'}",
                       f"model.fusion.checkpoint={tmp / 'encoder_a'}", "retrieval.shard_rows=16")

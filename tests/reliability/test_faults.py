@@ -154,9 +154,9 @@ def test_sigkill_during_index_build_leaves_nothing_that_loads(tmp_path, embeddin
 def test_sigkill_during_kb_encoding_resumes_from_the_finished_shards(tmp_path):
     from rablip.config import load_config
     from rablip.retrieval.encode import ShardPlan
-    from rablip.retrieval.encode_run import encode_knowledge_base
     from rablip.retrieval.groups import GROUPS
     from rablip.retrieval.shards import open_embeddings
+    from rablip.stages.encode_kb import encode_knowledge_base
     from tests.retrieval.tiny_world import PRETRAIN_CONFIG, make_tiny_world, world_overrides
 
     with one_thread():

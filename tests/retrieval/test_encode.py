@@ -28,9 +28,9 @@ from rablip.retrieval.encode import (
     encoding_record,
     finish_shards,
 )
-from rablip.retrieval.encode_run import encode_knowledge_base
 from rablip.retrieval.groups import GROUP_MODALITIES, GROUPS, read_layout
 from rablip.retrieval.shards import open_embeddings, shard_name
+from rablip.stages.encode_kb import encode_knowledge_base
 from rablip.utils.io import read_json
 from tests.retrieval.tiny_world import ROOT, make_tiny_world, one_thread, subprocess_env, world_overrides
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from rablip.retrieval.encode_run import encode_knowledge_base
 from rablip.retrieval.groups import GROUPS, read_layout
 from rablip.retrieval.shards import open_embeddings
+from rablip.stages.encode_kb import encode_knowledge_base
 from tests.retrieval.tiny_world import ROOT, make_tiny_world, one_thread, subprocess_env, world_overrides
 
 

@@ -27,12 +27,12 @@ from rablip.models.fusion import MultimodalRetrievalEncoder
 from rablip.models.rerank import FusionReranker
 from rablip.retrieval.cache import cache_depth, cache_paths, retrieve_split_cached
 from rablip.retrieval.components import encoder_fingerprint, retrieval_batcher
-from rablip.retrieval.encode_run import encode_knowledge_base
 from rablip.retrieval.evaluate import evaluate_retrieval
 from rablip.retrieval.group_build import IndexRequest, build_group_indexes
 from rablip.retrieval.groups import GroupIndexes
 from rablip.retrieval.retriever import Retriever, expand_question
 from rablip.retrieval.shards import write_shard, write_shards_manifest
+from rablip.stages.encode_kb import encode_knowledge_base
 from rablip.utils.io import read_json
 from tests.retrieval.tiny_world import PRETRAIN_CONFIG, make_tiny_world, one_thread, world_overrides
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from rablip.config import load_config
-from rablip.data.synthetic.world import WorldSettings, build_world
 from rablip.models.factory import build_retrieval_encoder, ensure_generator_checkpoint, load_generator
+from rablip.synthetic.world import WorldSettings, build_world
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN_CONFIG = ROOT / "configs" / "experiment" / "synthetic_pretrain.yaml"

@@ -20,8 +20,9 @@ from rablip.data.records import KBItem
 from rablip.data.splits import load_split
 from rablip.errors import ConfigError
 from rablip.models import RABlipForConditionalGeneration
-from rablip.models.build import build_tiny_checkpoint, randomize_weights, tiny_architecture
 from rablip.models.factory import build_collator, load_generator
+from rablip.stages.finetune import FinetuneDataset, ReferenceSource, flatten_collate, max_references
+from rablip.synthetic.build import build_tiny_checkpoint, randomize_weights, tiny_architecture
 from rablip.training import feature_cache as fc
 from rablip.training.feature_cache import (
     FEATURES_FILE,
@@ -33,7 +34,6 @@ from rablip.training.feature_cache import (
     cache_key,
     open_or_build,
 )
-from rablip.training.finetune import FinetuneDataset, ReferenceSource, flatten_collate, max_references
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
 
 IMAGE_SIZE = 32  # the tiny architecture's vision input

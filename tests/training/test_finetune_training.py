@@ -14,8 +14,7 @@ from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
 from rablip.errors import ConfigError
 from rablip.models.factory import build_collator, load_generator
-from rablip.training.counterfactual import CounterfactualAnswers
-from rablip.training.finetune import (
+from rablip.stages.finetune import (
     FinetuneDataset,
     ReferenceSource,
     answer_loss,
@@ -23,6 +22,7 @@ from rablip.training.finetune import (
     max_references,
     replay_examples,
 )
+from rablip.training.counterfactual import CounterfactualAnswers
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
 
 

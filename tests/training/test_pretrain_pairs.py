@@ -8,7 +8,7 @@ from rablip.config import load_config
 from rablip.data.kb import KBStore
 from rablip.data.prepare import prepare_data
 from rablip.data.splits import load_split
-from rablip.training.pretrain import PairDataset, build_pairs, invented_pairs, new_view
+from rablip.stages.pretrain import PairDataset, build_pairs, invented_pairs, new_view
 from tests.retrieval.tiny_world import PRETRAIN_CONFIG, world_overrides
 
 

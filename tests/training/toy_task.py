@@ -26,8 +26,8 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from rablip.config import Config, load_config
+from rablip.stages.runtime import SIGNAL_EXIT
 from rablip.training.checkpoint import trainable_state_dict
-from rablip.training.stage import SIGNAL_EXIT
 from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
 from rablip.utils.rundir import prepare_run_dir
 

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from rablip.data.records import KBItem
-from rablip.data.synthetic.entities import invented_entity, make_names
-from rablip.data.synthetic.render import render_entity
-from rablip.data.synthetic.viewing import invented_look, look_combinations
+from rablip.synthetic.entities import invented_entity, make_names
+from rablip.synthetic.render import render_entity
+from rablip.synthetic.viewing import invented_look, look_combinations
 
 _STREAM_NAMES = 9
 

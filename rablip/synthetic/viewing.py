@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 from PIL import Image, ImageOps
 
-from rablip.data.synthetic.render import render_entity
-from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
+from rablip.synthetic.render import render_entity
+from rablip.synthetic.vocab import VISUAL_ATTRIBUTES
 
 _STREAM_VIEWING = 8
 POOL = 1024

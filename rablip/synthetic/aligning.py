@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rablip.data.synthetic.files import annotations_name, image_relpath, questions_name, write_json
-from rablip.data.synthetic.questions import (
+from rablip.synthetic.files import annotations_name, image_relpath, questions_name, write_json
+from rablip.synthetic.questions import (
     ANSWER_TYPES,
     TEMPLATES,
     VISUAL_ATTRIBUTE_KEYS,
@@ -28,8 +28,8 @@ from rablip.data.synthetic.questions import (
     questions_file,
     ten_answers,
 )
-from rablip.data.synthetic.render import render_entity
-from rablip.data.synthetic.viewing import invented_look, look_combinations
+from rablip.synthetic.render import render_entity
+from rablip.synthetic.viewing import invented_look, look_combinations
 
 ALIGN_SPLIT = "train"
 """The alignment split is a training split: its files carry OK-VQA's train names inside ``align/``."""

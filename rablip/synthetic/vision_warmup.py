@@ -1,7 +1,7 @@
 """Supervised warm-up of a freshly built vision encoder: classify what each image shows.
 
 Used when the synthetic demo builds its tiny generator, so that its from-scratch vision encoder tells
-shapes, colours, patterns and sizes apart before it is frozen (see :mod:`rablip.data.synthetic.viewing`).
+shapes, colours, patterns and sizes apart before it is frozen (see :mod:`rablip.synthetic.viewing`).
 One linear head per attribute reads the mean of the encoder's tokens; the heads are thrown away.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from PIL import Image
 
-from rablip.models.warmup import run_warm_up
+from rablip.synthetic.warmup import run_warm_up
 
 
 class AttributeHeads(torch.nn.Module):

@@ -1,7 +1,7 @@
 """Text-only warm-up of a freshly built LLM on (lead, prompt, answer) examples: the answer tokens are the target.
 
 Used when the synthetic demo builds its tiny generator, so that its from-scratch LLM can read before
-it is fine-tuned (see :mod:`rablip.data.synthetic.reading`). The lead stands where the generator puts
+it is fine-tuned (see :mod:`rablip.synthetic.reading`). The lead stands where the generator puts
 the question image's tokens, before the special tokens that start the text. Decoder-only LLMs read
 ``lead <bos> prompt answer <eos>`` with the loss on ``answer <eos>``; encoder-decoders read the lead
 and the prompt and decode the answer.
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from rablip.models.warmup import run_warm_up
+from rablip.synthetic.warmup import run_warm_up
 
 
 class TextPair(Protocol):

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from rablip.data import prompts
-from rablip.data.synthetic.entities import Entity, invented_entity, make_names
-from rablip.data.synthetic.questions import KNOWLEDGE_ATTRIBUTES, TEMPLATES, VISUAL_ATTRIBUTE_KEYS
-from rablip.data.synthetic.viewing import invented_look, look_combinations
-from rablip.data.synthetic.vocab import VISUAL_ATTRIBUTES
+from rablip.synthetic.entities import Entity, invented_entity, make_names
+from rablip.synthetic.questions import KNOWLEDGE_ATTRIBUTES, TEMPLATES, VISUAL_ATTRIBUTE_KEYS
+from rablip.synthetic.viewing import invented_look, look_combinations
+from rablip.synthetic.vocab import VISUAL_ATTRIBUTES
 
 _STREAM_READING = 7
 MAX_OTHERS = 2

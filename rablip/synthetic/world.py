@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rablip.data.synthetic.aligning import write_align_split
-from rablip.data.synthetic.entities import Entity, sample_entities
-from rablip.data.synthetic.files import (
+from rablip.errors import DataError
+from rablip.synthetic.aligning import write_align_split
+from rablip.synthetic.entities import Entity, sample_entities
+from rablip.synthetic.files import (
     ALIGN_DIR,
     KB_IMAGE_DIR,
     KB_NAME,
@@ -30,7 +31,7 @@ from rablip.data.synthetic.files import (
     write_json,
     write_jsonl,
 )
-from rablip.data.synthetic.questions import (
+from rablip.synthetic.questions import (
     KNOWLEDGE_ATTRIBUTES,
     QUESTION_KINDS,
     VISUAL_ATTRIBUTE_KEYS,
@@ -38,9 +39,8 @@ from rablip.data.synthetic.questions import (
     make_question,
     questions_file,
 )
-from rablip.data.synthetic.render import render_entity
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
-from rablip.errors import DataError
+from rablip.synthetic.render import render_entity
+from rablip.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
 
 # Random streams (the second seed word), so that changing one part never shifts another.
 _STREAM_QUESTION_IMAGES = 2
@@ -154,7 +154,7 @@ def _manifest(entities: list[Entity], settings: WorldSettings, kb_items: list[di
     by_split = _split_entities(entities)
     return {
         "schema_version": SCHEMA_VERSION,
-        "generator": "rablip.data.synthetic",
+        "generator": "rablip.synthetic",
         "seed": settings.seed,
         "settings": asdict(settings) | {"distractors": settings.num_distractors},
         "kb_file": KB_NAME,

@@ -15,7 +15,7 @@ Training pairs (query, item):
 - on the synthetic world, invented-creature pairs (``data.synthetic.pretrain_invented_share``): a
   fresh rendering of a made-up creature with a training question's text as the query, its fact text
   (a question a text item answers) or its caption (one an image item answers) as the target
-  (:mod:`rablip.data.synthetic.describing`).
+  (:mod:`rablip.synthetic.describing`).
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
 """
 
@@ -37,14 +37,14 @@ from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.records import KBItem, QAExample
 from rablip.data.splits import load_split
-from rablip.data.synthetic.describing import InventedPairs
-from rablip.data.synthetic.files import load_manifest
 from rablip.evaluation.retrieval_metrics import retrieval_scores
 from rablip.models.factory import QFORMER_TOKENIZER_DIR, build_retrieval_encoder, processor_dirs
 from rablip.retrieval.batches import RetrievalBatcher
 from rablip.retrieval.embed import embed_item_batches, embed_questions
+from rablip.stages.runtime import finish_stage, start_stage
+from rablip.synthetic.describing import InventedPairs
+from rablip.synthetic.files import load_manifest
 from rablip.training.objectives import RetrievalPretrainingLoss
-from rablip.training.stage import finish_stage, start_stage
 from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rablip.data.synthetic.entities import Entity
-from rablip.data.synthetic.vocab import ANSWER_TYPES, VARIANTS
+from rablip.synthetic.entities import Entity
+from rablip.synthetic.vocab import ANSWER_TYPES, VARIANTS
 
 QUESTION_KINDS = ("knowledge", "visual", "naming")
 NUM_ANSWERS = 10

@@ -29,10 +29,10 @@ from rablip.evaluation.predict import generate_answers
 from rablip.evaluation.vqa_metric import vqa_accuracy
 from rablip.models.factory import build_collator
 from rablip.retrieval.static import read_retrieval
+from rablip.stages.runtime import finish_stage, start_stage
 from rablip.training.askg import ReferencePlan, plan_references
 from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.feature_cache import FeatureCache, cache_for_run
-from rablip.training.stage import finish_stage, start_stage
 from rablip.training.trainer import TrainTask
 from rablip.utils.logging import get_logger
 

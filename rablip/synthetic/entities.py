@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rablip.data.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES, all_answer_words
+from rablip.synthetic.vocab import HIDDEN_FACTS, VISUAL_ATTRIBUTES, all_answer_words
 
 ROLES = ("seen", "unseen_val", "unseen_test", "distractor")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from rablip.data import prompts
-from rablip.data.synthetic.files import (
+from rablip.synthetic.files import (
     EDIT_DIR,
     EDITED_KB_NAME,
     SPLITS,
@@ -22,7 +22,7 @@ from rablip.data.synthetic.files import (
     read_json,
     read_jsonl,
 )
-from rablip.data.tokenizer_training import train_tokenizer
+from rablip.synthetic.tokenizer_training import train_tokenizer
 
 
 def prompt_texts() -> list[str]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rablip.data.synthetic.entities import Entity
-from rablip.data.synthetic.files import (
+from rablip.errors import DataError
+from rablip.synthetic.entities import Entity
+from rablip.synthetic.files import (
     EDIT_DIR,
     EDIT_MANIFEST_NAME,
     EDITED_KB_NAME,
@@ -33,9 +34,8 @@ from rablip.data.synthetic.files import (
     write_json,
     write_jsonl,
 )
-from rablip.data.synthetic.questions import annotations_file, questions_file, ten_answers
-from rablip.data.synthetic.vocab import HIDDEN_FACTS
-from rablip.errors import DataError
+from rablip.synthetic.questions import annotations_file, questions_file, ten_answers
+from rablip.synthetic.vocab import HIDDEN_FACTS
 
 _STREAM_EDIT = 5
 
