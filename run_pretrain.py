@@ -3,11 +3,13 @@
 Usage: python run_pretrain.py --config PATH [key=value ...] [--print-config] [--debug]
 """
 
-from rablip.utils.cli import run_main, run_stage
+from rablip.config.cli import parse_config
+from rablip.stages.pretrain import pretrain
+from rablip.utils.cli import run_main
 
 
 def main(argv: list[str]) -> int:
-    return run_stage(argv, __doc__, "rablip.stages.pretrain:pretrain")
+    return pretrain(parse_config(argv, __doc__))
 
 
 if __name__ == "__main__":

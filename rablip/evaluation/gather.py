@@ -12,19 +12,14 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
+from rablip.utils.dist import process_rank_world
+
 T = TypeVar("T")
 
 
 def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
     """``[start, end)`` of process ``rank``'s slice of ``total`` items."""
     return rank * total // world, (rank + 1) * total // world
-
-
-def process_rank_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def gather_in_order(local: list[tuple[int, T]], total: int) -> list[T]:

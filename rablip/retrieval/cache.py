@@ -1,7 +1,7 @@
 """Live retrieval over a whole split, cached in the run directory for training and evaluation.
 
-:func:`retrieve_split` runs the configured :class:`~rablip.retrieval.retriever.Retriever` over every
-question of a split. :func:`retrieve_split_cached` keeps its results in
+:func:`retrieve_split` runs the configured :class:`~rablip.retrieval.retriever.Retriever` over the
+questions of a split. :func:`retrieve_split_cached` keeps its results in
 ``<run_dir>/retrieval_<split>.jsonl`` (the static retrieval format of
 :mod:`rablip.retrieval.static`) with ``retrieval_<split>.meta.json`` beside it, written after the
 results. The meta file holds a key over everything the results depend on: the sha256 of the index
@@ -26,11 +26,11 @@ from pathlib import Path
 from rablip.config.schema import Config
 from rablip.data.images import ImageLoader
 from rablip.data.records import QAExample
-from rablip.data.splits import load_split
 from rablip.retrieval.components import encoder_fingerprint
 from rablip.retrieval.groups import layout_checksum
 from rablip.retrieval.retriever import Retriever
 from rablip.retrieval.static import Retrieved, read_retrieval, write_retrieval
+from rablip.utils.dist import barrier, process_rank_world
 from rablip.utils.io import atomic_write_json, read_json
 from rablip.utils.logging import get_logger
 
@@ -68,10 +68,9 @@ def retrieve_examples(retriever: Retriever, examples: Sequence[QAExample], k: in
     return results
 
 
-def retrieve_split(cfg: Config, split: str, retriever: Retriever | None = None,
-                   examples: Sequence[QAExample] | None = None) -> dict[str, Retrieved]:
-    """Retrieve for every question of ``data.<split>`` with the configured retriever."""
-    examples = list(examples) if examples is not None else load_split(cfg.data, split)
+def retrieve_split(cfg: Config, examples: Sequence[QAExample], retriever: Retriever | None = None,
+                   ) -> dict[str, Retrieved]:
+    """Retrieve for every one of ``examples`` with the configured retriever."""
     retriever = retriever or Retriever.from_config(cfg)
     loader = ImageLoader(None, cfg.data.on_bad_image)
     return retrieve_examples(retriever, examples, cache_depth(cfg), loader,
@@ -116,35 +115,21 @@ def read_cache(run_dir: str | Path, split: str, key: str) -> dict[str, Retrieved
     return results if len(results) == meta.get("questions") else None
 
 
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def retrieve_split_cached(cfg: Config, split: str, run_dir: str | Path) -> dict[str, Retrieved]:
-    """The split's retrieval results from the run-dir cache, computed (and cached) when stale or absent."""
-    examples = load_split(cfg.data, split)
+def retrieve_split_cached(cfg: Config, split: str, examples: Sequence[QAExample], run_dir: str | Path,
+                          ) -> dict[str, Retrieved]:
+    """The retrieval results of ``examples`` (the questions of ``data.<split>``) from the run-dir cache,
+    computed (and cached) when stale or absent."""
     key = cache_key(cfg, split, examples)
     cached = read_cache(run_dir, split, key)
     if cached is not None:
         log.info("retrieval results for %s read from %s", split, cache_paths(run_dir, split)[0])
         return cached
-    rank, world = _distributed()
+    rank, world = process_rank_world()
     results_path, meta_path = cache_paths(run_dir, split)
     part = results_path.with_name(f".{results_path.stem}.part-{rank}-of-{world}.jsonl")
     mine = examples[rank * len(examples) // world:(rank + 1) * len(examples) // world]
-    write_retrieval(part, retrieve_split(cfg, split, examples=mine).items())
-    _barrier()
+    write_retrieval(part, retrieve_split(cfg, mine).items())
+    barrier()
     if rank == 0:
         results: dict[str, Retrieved] = {}
         for other in range(world):
@@ -156,5 +141,5 @@ def retrieve_split_cached(cfg: Config, split: str, run_dir: str | Path) -> dict[
         for other in range(world):
             results_path.with_name(f".{results_path.stem}.part-{other}-of-{world}.jsonl").unlink(missing_ok=True)
         log.info("retrieval results for %s (%d questions) cached in %s", split, len(examples), results_path)
-    _barrier()
+    barrier()
     return read_retrieval(results_path)

@@ -37,9 +37,10 @@ from rablip.data.kb import KBStore
 from rablip.errors import RablipError
 from rablip.models.fusion import TokenSequence
 from rablip.models.rerank import FusionReranker
-from rablip.retrieval.batches import RetrievalBatcher
+from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.retrieval.groups import GROUPS, GroupIndexes, Hits
 from rablip.retrieval.item_encoding import item_sequence_shared, shared_image_batch
+from rablip.utils.dist import process_device
 
 MODES = ("ra_blip", "image", "two_stage")
 STAGE1_DEPTH_PER_ENTITY = 5
@@ -98,7 +99,6 @@ class Retriever:
         from rablip.retrieval.components import (
             encoder_fingerprint,
             load_encoder,
-            process_device,
             retrieval_batcher,
             use_bf16,
         )

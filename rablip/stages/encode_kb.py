@@ -1,4 +1,4 @@
-"""The encoding job of ``scripts/encode_kb.py``: config -> embedding shards -> group indexes.
+"""The encoding stage (``scripts/encode_kb.py``): config -> embedding shards -> group indexes.
 
 Run it under ``accelerate launch`` to spread the shards over processes (each loads the encoder on
 its own device and writes its own shard files); the main process writes the shard manifests and
@@ -26,6 +26,7 @@ from rablip.retrieval.encode import (
     finish_shards,
 )
 from rablip.retrieval.group_build import IndexRequest, build_group_indexes
+from rablip.stages.runtime import make_accelerator
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.retrieval")
@@ -54,8 +55,6 @@ def index_request(cfg: Config) -> IndexRequest:
 
 def encode_knowledge_base(cfg: Config, show_progress: bool = True) -> EncodeSummary:
     """Encode ``data.kb.store_dir`` with ``model.fusion.checkpoint`` and build ``retrieval.index_dir``."""
-    from rablip.training.trainer import make_accelerator
-
     if not cfg.retrieval.index_dir:
         raise ConfigError("retrieval.index_dir is empty: set where the knowledge-base index is to be built.")
     if not cfg.model.fusion.checkpoint:

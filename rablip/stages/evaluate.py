@@ -18,34 +18,25 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from rablip.benchmarks import Benchmark, get_benchmark, load_split
+from rablip.benchmarks.base import Answer
 from rablip.config.load import to_dict
 from rablip.config.schema import Config
-from rablip.data.collate import Collator, make_qa_sample
 from rablip.data.images import ImageLoader, resolve_under_root
 from rablip.data.kb import KBStore
-from rablip.data.prepare import prepare_data
 from rablip.data.records import QAExample
-from rablip.data.splits import load_split
+from rablip.data.samples import make_qa_sample
 from rablip.errors import ConfigError
-from rablip.evaluation.gather import gather_in_order, process_rank_world, shard_bounds
+from rablip.evaluation.gather import gather_in_order, shard_bounds
 from rablip.evaluation.predict import choose_answers, generate_answers
-from rablip.evaluation.references import NoisyReferences, Ranked, ranked_candidates
 from rablip.evaluation.report import write_report
-from rablip.evaluation.submission import (
-    Answer,
-    is_labelled,
-    main_score,
-    predictions_file,
-    question_scores,
-    score_predictions,
-    write_predictions,
-)
-from rablip.models.factory import build_collator, load_generator
-from rablip.retrieval.evaluate import evaluate_retrieval
-from rablip.training.trainer import end_distributed, make_accelerator
+from rablip.models.factory import load_generator
+from rablip.models.processing import Collator, build_collator
+from rablip.retrieval.references import NoisyReferences, Ranked, ranked_references
+from rablip.stages.runtime import start_run
+from rablip.utils.dist import end_distributed, process_rank_world
 from rablip.utils.io import atomic_write_json, read_json
 from rablip.utils.logging import get_logger
-from rablip.utils.rundir import prepare_run_dir
 
 log = get_logger("rablip.eval")
 METRICS_FILE = "metrics.json"
@@ -120,29 +111,23 @@ def checkpoint_fingerprint(path: str | Path) -> dict:
     return record
 
 
-def question_group(example: QAExample) -> str:
-    """The report's question type: the dataset's type, split by seen/unseen entity where the data says."""
-    kind = example.question_type or "(no type)"
-    if "seen_entity" in example.extra and kind == "knowledge":
-        return f"{kind}/{'seen' if example.extra['seen_entity'] else 'unseen'}"
-    return kind
-
-
-def group_accuracy(examples: Sequence[QAExample], per_question: dict[str, float]) -> dict[str, float]:
+def group_accuracy(benchmark: Benchmark, examples: Sequence[QAExample], per_question: dict[str, float],
+                   ) -> dict[str, float]:
+    """Mean question score per report group (:meth:`Benchmark.question_group`), groups sorted by name."""
     groups: dict[str, list[float]] = {}
     for ex in examples:
-        groups.setdefault(question_group(ex), []).append(per_question.get(ex.id, 0.0))
+        groups.setdefault(benchmark.question_group(ex), []).append(per_question.get(ex.id, 0.0))
     return {name: sum(values) / len(values) for name, values in sorted(groups.items())}
 
 
-def report_records(examples: Sequence[QAExample], answers: Sequence[Answer],
+def report_records(benchmark: Benchmark, examples: Sequence[QAExample], answers: Sequence[Answer],
                    per_question: dict[str, float]) -> list[dict]:
     """One small record per question; images and reference texts are added for the gallery only."""
     records = []
     for position, (ex, answer) in enumerate(zip(examples, answers, strict=True)):
         relevant = set(ex.relevant_ids or [])
         records.append({
-            "question_id": ex.id, "question": ex.question, "question_type": question_group(ex), "image": None,
+            "question_id": ex.id, "question": ex.question, "question_type": benchmark.question_group(ex), "image": None,
             "prediction": answer.choice if answer.choice is not None and not ex.answers else answer.text,
             "answers": list(ex.answers) or ([ex.choices[ex.correct_choice_idx]]
                                             if ex.choices and ex.correct_choice_idx is not None else []),
@@ -180,8 +165,8 @@ def index_recipe(cfg: Config) -> dict | None:
 
 
 def retrieval_metrics(cfg: Config, ranked: Ranked, examples: Sequence[QAExample]) -> dict[str, float]:
-    """recall@1/5/10, precision@1/5/10, MRR (and WebQA retrieval F1 of the top 2) of the references."""
-    return evaluate_retrieval(ranked, examples, cfg.data.dataset, ks=(1, 5, 10), chosen_k=2)
+    """recall@1/5/10, precision@1/5/10, MRR and the benchmark's own retrieval metrics of the references."""
+    return get_benchmark(cfg.data.dataset).retrieval_metrics(ranked, examples, ks=(1, 5, 10))
 
 
 def evaluate(cfg: Config) -> int:
@@ -191,14 +176,11 @@ def evaluate(cfg: Config) -> int:
     if cfg.eval.retrieval_only and cfg.retrieval.source not in ("index", "static"):
         raise ConfigError(f"eval.retrieval_only scores a retriever: set retrieval.source to index or static "
                           f"(it is {cfg.retrieval.source!r}).")
-    accelerator = make_accelerator(cfg)
-    with accelerator.main_process_first():
-        run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-        prepare_data(cfg)
+    accelerator, run_dir = start_run(cfg)
     examples = load_split(cfg.data, cfg.eval.split)
     # References before the generator: a bad retrieval file or index is reported without waiting for
     # the model, and a live retriever's encoder and index are freed before the generator is loaded.
-    ranked = ranked_candidates(cfg, examples, cfg.eval.split, run_dir)
+    ranked = ranked_references(cfg, examples, cfg.eval.split, run_dir).ranked
     if not cfg.eval.retrieval_only:
         answer_and_write(cfg, accelerator, run_dir, examples, ranked, started)
     elif accelerator.is_main_process:
@@ -248,26 +230,27 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
                   sweep_answers: dict[int, list[Answer]], ranked: Ranked, kb: KBStore | None, started: float) -> None:
     """Predictions, scores, metrics.json and the report (main process)."""
     dataset, split_cfg = cfg.data.dataset, getattr(cfg.data, cfg.eval.split)
-    path = write_predictions(predictions_file(run_dir, dataset), dataset, answers)
+    benchmark = get_benchmark(dataset)
+    path = benchmark.write_predictions(benchmark.predictions_file(run_dir), answers)
     log.info("predictions written to %s", path)
     metrics: dict = {"dataset": dataset, "split": cfg.eval.split, "num_questions": len(examples)}
     if cfg.retrieval.source in ("index", "static"):
         metrics["retrieval"] = retrieval_metrics(cfg, ranked, examples)
-    labelled = is_labelled(dataset, split_cfg, examples)
+    labelled = benchmark.is_labelled(split_cfg, examples)
     per_question: dict[str, float] = {}
     if labelled:
-        scores = score_predictions(path, dataset, split_cfg, lemmatize=cfg.eval.lemmatize)
-        per_question = question_scores(dataset, split_cfg, scores, answers)
+        scores = benchmark.score(path, split_cfg, lemmatize=cfg.eval.lemmatize)
+        per_question = benchmark.question_scores(split_cfg, scores, answers)
         metrics["scores"] = {key: value for key, value in scores.items() if key != "per_question"}
-        metrics["main_score"] = main_score(dataset, scores)
-        metrics["per_group"] = group_accuracy(examples, per_question)
+        metrics["main_score"] = benchmark.main_score(scores)
+        metrics["per_group"] = group_accuracy(benchmark, examples, per_question)
         if sweep_answers:
             metrics["accuracy_vs_k"] = {str(cfg.retrieval.k): metrics["main_score"]}
             for other, other_answers in sweep_answers.items():
-                other_path = write_predictions(predictions_file(run_dir, dataset, f"predictions_k{other}"), dataset,
-                                               other_answers)
-                metrics["accuracy_vs_k"][str(other)] = main_score(
-                    dataset, score_predictions(other_path, dataset, split_cfg, lemmatize=cfg.eval.lemmatize))
+                other_path = benchmark.write_predictions(benchmark.predictions_file(run_dir, f"predictions_k{other}"),
+                                                         other_answers)
+                metrics["accuracy_vs_k"][str(other)] = benchmark.main_score(
+                    benchmark.score(other_path, split_cfg, lemmatize=cfg.eval.lemmatize))
             metrics["accuracy_vs_k"] = dict(sorted(metrics["accuracy_vs_k"].items(), key=lambda kv: int(kv[0])))
     else:
         log.warning("data.%s has no labels (answers/annotations): predictions written, not scored", cfg.eval.split)
@@ -287,7 +270,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
         report_metrics = {"overall": metrics["main_score"], "per_question_type": metrics["per_group"],
                           "retrieval": metrics.get("retrieval", {})}
         accuracy_vs_k = {int(key): value for key, value in metrics.get("accuracy_vs_k", {}).items()}
-        records = report_records(examples, answers, per_question)
+        records = report_records(benchmark, examples, answers, per_question)
         report = write_report(run_dir, title=f"rablip evaluation: {dataset} {cfg.eval.split}", metrics=report_metrics,
                               records=records, accuracy_vs_k=accuracy_vs_k if len(accuracy_vs_k) > 1 else None,
                               gallery_size=cfg.eval.gallery_size, complete_shown=gallery_completer(examples, kb))

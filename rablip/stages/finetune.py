@@ -17,50 +17,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rablip.benchmarks import load_split
 from rablip.config.schema import Config
-from rablip.data.collate import Collator, Sample, make_qa_sample, make_selection_sample
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
-from rablip.data.splits import load_split
+from rablip.data.samples import Sample, make_qa_sample, make_selection_sample
 from rablip.errors import ConfigError
 from rablip.evaluation.predict import generate_answers
 from rablip.evaluation.vqa_metric import vqa_accuracy
-from rablip.models.factory import build_collator
-from rablip.retrieval.static import read_retrieval
-from rablip.stages.runtime import finish_stage, start_stage
+from rablip.models.factory import load_generator
+from rablip.models.processing import Collator, build_collator
+from rablip.retrieval.references import References, ranked_references
+from rablip.stages.runtime import interrupted, seed, start_run, write_final
 from rablip.training.askg import ReferencePlan, plan_references
 from rablip.training.counterfactual import CounterfactualAnswers
 from rablip.training.feature_cache import FeatureCache, cache_for_run
-from rablip.training.trainer import TrainTask
+from rablip.training.trainer import TrainingInterrupted, train
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.finetune")
-
-
-class ReferenceSource:
-    """The candidate references of each example for ``retrieval.source``."""
-
-    def __init__(self, cfg: Config, run_dir: Path, split: str = "train") -> None:
-        self.source = cfg.retrieval.source
-        self.retrieved: dict[str, list[str]] = {}
-        if self.source == "static":
-            if not cfg.retrieval.static_file:
-                raise ConfigError("retrieval.source=static needs retrieval.static_file (a retrieval results file).")
-            self.retrieved = {q: [i for i, _ in items] for q, items in read_retrieval(cfg.retrieval.static_file).items()}
-        elif self.source == "index":
-            from rablip.retrieval.cache import retrieve_split_cached
-
-            results = retrieve_split_cached(cfg, split, run_dir)
-            self.retrieved = {q: [i for i, _ in items] for q, items in results.items()}
-
-    def ranked(self, example: QAExample) -> list[str] | None:
-        if self.source in ("static", "index"):
-            if example.id not in self.retrieved:
-                raise ConfigError(f"question {example.id} has no retrieval results; rebuild the retrieval file.")
-            return self.retrieved[example.id]
-        return None
 
 
 class FinetuneDataset(Dataset):
@@ -69,7 +46,7 @@ class FinetuneDataset(Dataset):
     ``counterfactual``, some examples get answer swaps (training only); examples whose id is in
     ``image_only`` (replayed ones) get no references."""
 
-    def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: ReferenceSource,
+    def __init__(self, cfg: Config, examples: list[QAExample], kb: KBStore, references: References,
                  features: FeatureCache | None = None, counterfactual: CounterfactualAnswers | None = None,
                  image_only: set[str] | None = None) -> None:
         self.cfg = cfg
@@ -91,10 +68,8 @@ class FinetuneDataset(Dataset):
         if cfg.retrieval.source == "none" or cfg.retrieval.k == 0 or example.id in self.image_only:
             return ReferencePlan(ids=[], relevant=[])
         gold = list(example.relevant_ids or [])
-        ranked = self.references.ranked(example)
-        relevant = gold if cfg.retrieval.source == "gold" else (ranked or [])[:cfg.retrieval.k]
-        if cfg.askg.enabled and gold:
-            relevant = gold
+        ranked = self.references.ids(example.id) if self.references.retrieved else None
+        relevant = gold if ranked is None or cfg.askg.enabled and gold else ranked[:cfg.retrieval.k]
         titles = {item.title for item in self.kb.get_many(gold)} if gold else set()
 
         def random_items(r: np.random.Generator, n: int, exclude: set[str]) -> list[str]:
@@ -182,10 +157,11 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return out.loss, logs
 
 
-def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references: ReferenceSource, limit: int = 256,
+def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, run_dir: Path, limit: int = 256,
                        features: FeatureCache | None = None):
-    """VQA accuracy of generated answers on the first ``limit`` val examples (gold references)."""
+    """VQA accuracy of generated answers on the first ``limit`` val examples, with their references."""
     examples = load_split(cfg.data, "val")[:limit]
+    references = ranked_references(cfg, examples, "val", run_dir)
     dataset = FinetuneDataset(cfg, examples, kb, references, features)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -197,14 +173,21 @@ def make_val_evaluator(cfg: Config, collator: Collator, kb: KBStore, references:
 
 
 def finetune(cfg: Config) -> int:
-    accelerator, run_dir, model = start_stage(cfg)
+    """Fine-tune ``model.checkpoint`` on ``data.train``; the trainable weights go to ``<run>/final``."""
+    # Run: accelerator and run directory; the base generator (main process first); seeds.
+    accelerator, run_dir = start_run(cfg)
+    with accelerator.main_process_first():
+        model = load_generator(cfg)
+    seed(cfg, accelerator)
     collator = build_collator(cfg, model, max_references(cfg))
+
+    # Data: the knowledge base, the training examples (and replayed ones), their ranked references.
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
-    references = ReferenceSource(cfg, run_dir)
+    examples = load_split(cfg.data, "train")
+    references = ranked_references(cfg, examples, "train", run_dir)
     with accelerator.main_process_first():
         features = cache_for_run(cfg, model, collator.image_processor, kb, is_main_process=accelerator.is_main_process,
                                  device=accelerator.device)
-    examples = load_split(cfg.data, "train")
     counterfactual = CounterfactualAnswers(examples, cfg.noise.counterfactual, cfg.noise.counterfactual_types)
     replay = replay_examples(cfg, examples)
     if replay:
@@ -214,12 +197,14 @@ def finetune(cfg: Config) -> int:
                               image_only={e.id for e in replay})
     evaluate = None
     if cfg.train.eval_every and cfg.data.val.path:
-        val_references = references if cfg.retrieval.source != "index" else ReferenceSource(cfg, run_dir, "val")
-        evaluate = make_val_evaluator(cfg, collator, kb, val_references, features=features)
+        evaluate = make_val_evaluator(cfg, collator, kb, run_dir, features=features)
 
-    def save_final(m: torch.nn.Module, out: Path) -> None:
-        m.save_pretrained(str(out), trainable_only=True)
+    # Loop: the answer (+ ASKG selection) loss over (example, epoch) samples.
+    try:
+        state = train(cfg, accelerator, run_dir, model, dataset, flatten_collate(collator), answer_loss, evaluate)
+    except TrainingInterrupted as stop:
+        return interrupted(stop)
 
-    task = TrainTask(model=model, dataset=dataset, collate=flatten_collate(collator), loss=answer_loss,
-                     save_final=save_final, evaluate=evaluate)
-    return finish_stage(cfg, task, accelerator, run_dir, "fine-tuning done")
+    # Artefact: the trainable weights beside a pointer to the base checkpoint.
+    return write_final(accelerator, run_dir, lambda out: model.save_pretrained(str(out), trainable_only=True),
+                       "fine-tuning done", state.step)

@@ -12,17 +12,15 @@ Training pairs (query, item):
   answer its question;
 - question pairs: a training question's image and text as the query, one of its relevant items as
   the target;
-- on the synthetic world, invented-creature pairs (``data.synthetic.pretrain_invented_share``): a
-  fresh rendering of a made-up creature with a training question's text as the query, its fact text
-  (a question a text item answers) or its caption (one an image item answers) as the target
-  (:mod:`rablip.synthetic.describing`).
+- extra pairs (``data.extra_pairs``): records of a JSONL file (:mod:`rablip.data.extra_pairs`), a
+  ``share`` of all pairs, a new record for each extra pair of each epoch (the synthetic world's are
+  renderings of invented creatures with their fact texts or captions, written by make_synthetic).
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,25 +30,24 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from rablip.benchmarks import load_split
 from rablip.config.schema import Config
+from rablip.data.extra_pairs import ExtraPairs
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.records import KBItem, QAExample
-from rablip.data.splits import load_split
 from rablip.evaluation.retrieval_metrics import retrieval_scores
-from rablip.models.factory import QFORMER_TOKENIZER_DIR, build_retrieval_encoder, processor_dirs
-from rablip.retrieval.batches import RetrievalBatcher
+from rablip.models.factory import build_retrieval_encoder, load_generator
+from rablip.models.processor_files import copy_processor_files, processor_dir
+from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.retrieval.embed import embed_item_batches, embed_questions
-from rablip.stages.runtime import finish_stage, start_stage
-from rablip.synthetic.describing import InventedPairs
-from rablip.synthetic.files import load_manifest
+from rablip.stages.runtime import interrupted, seed, start_run, write_final
 from rablip.training.objectives import RetrievalPretrainingLoss
-from rablip.training.trainer import TrainTask
+from rablip.training.trainer import TrainingInterrupted, train
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.pretrain")
 GENERATOR_DIR = "generator"
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "generation_config.json")
 
 
 @dataclass
@@ -97,26 +94,24 @@ def new_view(image, rng: np.random.Generator):
     return canvas.rotate(angle, translate=shift, fillcolor=image.getpixel((0, 0)))
 
 
-def invented_pairs(cfg: Config, real_pairs: int) -> tuple[InventedPairs | None, int]:
-    """The synthetic world's source of invented-creature pairs and how many to add to ``real_pairs``
-    (``data.synthetic.pretrain_invented_share`` of all); (None, 0) when there are none."""
-    share = cfg.data.synthetic.pretrain_invented_share
-    if cfg.data.dataset != "synthetic" or share == 0:
+def extra_pairs(cfg: Config, real_pairs: int) -> tuple[ExtraPairs | None, int]:
+    """The records of ``data.extra_pairs.path`` and how many extra pairs to add to ``real_pairs`` per
+    epoch (``data.extra_pairs.share`` of all); (None, 0) when there are none."""
+    share = cfg.data.extra_pairs.share
+    if share == 0:
         return None, 0
-    entities = load_manifest(cfg.data.synthetic.world_dir)["entities"]
-    source = InventedPairs(cfg.run.seed, cfg.data.synthetic.image_size, [e["attributes"] for e in entities],
-                           [e["name"] for e in entities])
-    return source, round(real_pairs * share / (1.0 - share))
+    return ExtraPairs(cfg.data.extra_pairs.path, cfg.data.on_bad_image), round(real_pairs * share / (1.0 - share))
 
 
 class PairDataset(Dataset):
-    """Indexed by ``(pair index, epoch)``: the query image, question, target item and its image. Indexes
-    past the real pairs are ``extra`` pairs drawn from ``invented`` (a new creature every epoch)."""
+    """Indexed by ``(pair index, epoch)``: the query image, question, target item and its image. Index
+    ``len(pairs) + i`` of epoch e is record (e x extra + i) mod N of ``extra_records`` (N records), so a
+    record repeats only after all N were used; an empty question there is drawn as for entity pairs."""
 
-    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore, invented: InventedPairs | None = None,
+    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore, extra_records: ExtraPairs | None = None,
                  extra: int = 0) -> None:
-        self.cfg, self.pairs, self.kb, self.invented = cfg, pairs, kb, invented
-        self.extra = extra if invented is not None else 0
+        self.cfg, self.pairs, self.kb, self.extra_records = cfg, pairs, kb, extra_records
+        self.extra = extra if extra_records is not None else 0
         entity = cfg.train.item_pairs == "entity" or self.extra > 0
         self.questions = questions_by_item_kind(pairs, kb) if entity else {}
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
@@ -129,9 +124,9 @@ class PairDataset(Dataset):
         index, epoch = key
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         if index >= len(self.pairs):
-            facts = bool(rng.random() < 0.5)
-            image, item = self.invented.pair(rng, facts)
-            return image, self.question_for(rng, "text" if facts else "image"), item, None
+            record = (epoch * self.extra + index - len(self.pairs)) % len(self.extra_records)
+            query_image, question, item, item_image = self.extra_records.load(record)
+            return query_image, question or self.question_for(rng, item_kind(item)), item, item_image
         pair = self.pairs[index]
         item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
         item_image = self.item_images.load(item.image, item.id) if item.modality != "text" else None
@@ -233,19 +228,20 @@ def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore
 def export_generator(generator: torch.nn.Module, out: Path) -> None:
     """Save the generator (sharing the encoder's trained vision model, query tokens and Q-Former) as a
     full checkpoint with its base checkpoint's tokenizers and image processor beside it."""
-    base = Path(generator.config.base_checkpoint)
     generator.save_pretrained(str(out))
-    for entry in base.iterdir():
-        if entry.name == QFORMER_TOKENIZER_DIR:
-            shutil.copytree(entry, out / entry.name)
-        elif entry.is_file() and (entry.name in PROCESSOR_FILES or entry.name.startswith(("tokenizer", "special_"))):
-            shutil.copy2(entry, out / entry.name)
+    copy_processor_files(processor_dir(generator.config.base_checkpoint), out)
 
 
 def pretrain(cfg: Config) -> int:
-    accelerator, run_dir, generator = start_stage(cfg)
-    qformer_dir, _, image_dir = processor_dirs(generator)
-    batcher = RetrievalBatcher.from_pretrained(qformer_dir, image_dir, cfg.data.qformer_max_length)
+    """Pre-train the retrieval encoder on ``data.train`` and the knowledge base; it goes to ``<run>/final``."""
+    # Run: accelerator and run directory; the base generator (main process first); seeds.
+    accelerator, run_dir = start_run(cfg)
+    with accelerator.main_process_first():
+        generator = load_generator(cfg)
+    seed(cfg, accelerator)
+
+    # Model: the retrieval encoder on the generator's vision model and Q-Former, with its losses.
+    batcher = RetrievalBatcher.from_checkpoint(generator.config.base_checkpoint, cfg.data.qformer_max_length)
     encoder = build_retrieval_encoder(cfg, generator)
     if not cfg.model.export_generator:
         del generator  # the LLM is not needed here
@@ -259,18 +255,26 @@ def pretrain(cfg: Config) -> int:
         encoder.vision_model.eval()
     model = PretrainModel(RetrievalPretrainingLoss(encoder, itg_bos_token_id=batcher.tokenizer.cls_token_id))
 
+    # Data: (query, item) pairs from the knowledge base and the training questions.
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
     pairs = build_pairs(load_split(cfg.data, "train"), kb, cfg.train.item_pairs)
-    invented, extra = invented_pairs(cfg, len(pairs))
+    extra_records, extra = extra_pairs(cfg, len(pairs))
     log.info("pre-training pairs: %d (knowledge items and training questions)%s", len(pairs),
-             f" and {extra} of invented creatures" if extra else "")
+             f" and {extra} from {cfg.data.extra_pairs.path} per epoch" if extra else "")
     evaluate = make_retrieval_evaluator(cfg, batcher, kb) if cfg.data.val.path else None
 
-    def save_final(m: torch.nn.Module, out: Path) -> None:
-        m.encoder.save_pretrained(out)
+    dataset = PairDataset(cfg, pairs, kb, extra_records, extra)
+
+    # Loop: ITC + ITM + ITG over (pair, epoch) samples.
+    try:
+        state = train(cfg, accelerator, run_dir, model, dataset, make_collate(batcher), make_loss(cfg), evaluate)
+    except TrainingInterrupted as stop:
+        return interrupted(stop)
+
+    # Artefacts: the retrieval encoder (and the generator holding its Q-Former, when asked).
+    def save_final(out: Path) -> None:
+        model.encoder.save_pretrained(out)
         if cfg.model.export_generator:
             export_generator(generator, out / GENERATOR_DIR)
 
-    task = TrainTask(model=model, dataset=PairDataset(cfg, pairs, kb, invented, extra), collate=make_collate(batcher),
-                     loss=make_loss(cfg), save_final=save_final, evaluate=evaluate)
-    return finish_stage(cfg, task, accelerator, run_dir, "pre-training done")
+    return write_final(accelerator, run_dir, save_final, "pre-training done", state.step)

@@ -1,19 +1,26 @@
-"""What every training stage does around its own task: start (accelerator, run dir, data, base
-generator, seeds) and finish (train, turn a pre-emption into its exit code, close the process group)."""
+"""What every stage does around its own work: the accelerator, the run directory, seeding, and the
+exit code of a run that was stopped by a signal.
+
+A stage reads ``start_run(cfg)`` -> its model (main process first) -> ``seed`` -> its data and the
+loop -> ``write_final`` (or ``interrupted`` when a signal stopped the loop).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 from rablip.config.schema import Config
 from rablip.data.prepare import prepare_data
-from rablip.models.factory import load_generator
-from rablip.models.rablip import RABlipForConditionalGeneration
-from rablip.training.trainer import TrainingInterrupted, TrainTask, end_distributed, make_accelerator, train
+from rablip.stages.rundir import prepare_run_dir
+from rablip.training.checkpoint import write_final_dir
+from rablip.training.trainer import TrainingInterrupted
+from rablip.utils.dist import end_distributed
 from rablip.utils.logging import get_logger
-from rablip.utils.rundir import prepare_run_dir
 from rablip.utils.seed import seed_everything
 
 log = get_logger("rablip.train")
@@ -21,26 +28,51 @@ SIGNAL_EXIT = {15: 143, 2: 130}
 """Exit codes after SIGTERM / SIGINT (a checkpoint was saved first)."""
 
 
-def start_stage(cfg: Config) -> tuple[Accelerator, Path, RABlipForConditionalGeneration]:
-    """Accelerator, run dir, data built on first use and the base generator; rank 0 goes first so
-    it writes config.yaml and builds shared files before the others read them."""
+def make_accelerator(cfg: Config) -> Accelerator:
+    """accelerate for devices and mixed precision: bf16 on GPU with ``auto``, fp32 on CPU.
+
+    With ``train.deterministic`` kernels are deterministic (some CPU backward kernels accumulate in
+    thread order otherwise, and a resumed run would drift from the uninterrupted one).
+    """
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
+
+
+def start_run(cfg: Config) -> tuple[Accelerator, Path]:
+    """The accelerator and the run directory: the main process first writes ``config.yaml`` and checks
+    the data files, then the others (which may read them). Stages load their base model next (also
+    main process first) and then seed every generator with :func:`seed`."""
     accelerator = make_accelerator(cfg)
     with accelerator.main_process_first():
         run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
         prepare_data(cfg)
-        generator = load_generator(cfg)
+    return accelerator, run_dir
+
+
+def seed(cfg: Config, accelerator: Accelerator) -> None:
+    """Seed python, numpy and torch with ``run.seed`` + this process's rank."""
     seed_everything(cfg.run.seed, accelerator.process_index)
-    return accelerator, run_dir, generator
 
 
-def finish_stage(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path, done: str) -> int:
-    """Train the task to the end; the exit code of the stage (143/130 when pre-empted)."""
-    try:
-        state = train(cfg, task, accelerator, run_dir)
-    except TrainingInterrupted as stop:
-        log.warning("%s", stop)
-        return SIGNAL_EXIT.get(stop.signum, 1)
-    finally:
-        end_distributed()
-    log.info("%s: %d steps, output in %s", done, state.step, run_dir / "final")
+def interrupted(stop: TrainingInterrupted) -> int:
+    """The exit code of a run stopped by a signal (its checkpoint was saved): 143 / 130."""
+    log.warning("%s", stop)
+    end_distributed()
+    return SIGNAL_EXIT.get(stop.signum, 1)
+
+
+def write_final(accelerator: Accelerator, run_dir: Path, save: Callable[[Path], None], done: str, steps: int) -> int:
+    """The main process writes ``run_dir/final`` with ``save(directory)`` (atomically: see
+    :func:`rablip.training.checkpoint.write_final_dir`); every process waits, closes the process group
+    and returns exit code 0."""
+    if accelerator.is_main_process:
+        write_final_dir(run_dir / "final", save)
+    accelerator.wait_for_everyone()
+    end_distributed()
+    log.info("%s: %d steps, output in %s", done, steps, run_dir / "final")
     return 0

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -203,3 +204,19 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         optimizer.load_state_dict(_optimizer_from_files(*optimizer_files))
     _restore_rng(*rng_files)
     return state
+
+
+def write_final_dir(final_dir: Path, save: Callable[[Path], None]) -> None:
+    """Write the final model with ``save(directory)`` into a temporary sibling, then rename it into place
+    (an earlier final model is renamed aside first and deleted last, so no half-deleted one is ever at
+    ``final_dir``)."""
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}")
+    aside = final_dir.with_name(f".old-{final_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save(tmp)
+        replace_directory(tmp, final_dir, aside)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -29,17 +29,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rablip.utils.dist import process_rank_world
+
 if TYPE_CHECKING:
     from rablip.models.fusion import MultimodalRetrievalEncoder
 
 IGNORE_INDEX = -100
-
-
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -64,14 +59,14 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, differentiable; identity on one process."""
-    if distributed_world()[1] == 1:
+    if process_rank_world()[1] == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (ids, labels) from all ranks along dim 0; identity on one process."""
-    world = distributed_world()[1]
+    world = process_rank_world()[1]
     if world == 1:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(world)]
@@ -90,7 +85,7 @@ def contrastive_loss(
     ``query_emb``, ``item_emb``: (N, D) unit-norm, row i of each forming a pair; ``ids`` (N,) optional
     pair ids: every (query, item) with equal ids is a positive, weighted equally.
     """
-    rank, _ = distributed_world()
+    rank, _ = process_rank_world()
     n = query_emb.shape[0]
     if ids is None:
         ids = torch.arange(n, device=query_emb.device) + rank * n

@@ -1,7 +1,7 @@
 """The one training loop of every stage (pre-training and fine-tuning).
 
-A stage builds a :class:`TrainTask` (model, dataset, collate, loss, optional evaluation and final
-save) and calls :func:`train`. The loop: deterministic data order by step, gradient accumulation,
+A stage calls :func:`train` with its model, dataset, collate and loss functions (and an optional
+evaluation), then writes its final model. The loop: deterministic data order by step, gradient accumulation,
 clipping, AdamW with warm-up + cosine, periodic evaluation with best-checkpoint selection, atomic
 checkpoints every ``train.save_every`` steps and on SIGTERM/SIGINT, metrics to the console,
 ``metrics.jsonl`` and (optionally) wandb. accelerate handles devices, bf16 on GPU and DDP/FSDP/
@@ -10,15 +10,12 @@ DeepSpeed; on CPU everything is fp32.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,6 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rablip.config.load import to_dict
 from rablip.config.schema import Config
 from rablip.errors import RablipError
 from rablip.training.checkpoint import (
@@ -38,10 +34,10 @@ from rablip.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rablip.training.metrics_log import MetricsLog
 from rablip.training.optim import build_optimizer, set_lr
 from rablip.training.order import StepOrderSampler
 from rablip.training.worker_errors import GuardedDataset, guarded_collate, raise_if_user_error
-from rablip.utils.io import atomic_write_text, replace_directory
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.train")
@@ -52,22 +48,6 @@ MAX_CONSECUTIVE_SKIPS = 100
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
 
 
-@dataclass
-class TrainTask:
-    """What a stage hands to the trainer."""
-
-    model: torch.nn.Module
-    dataset: Dataset
-    """Indexed by ``(example index, epoch)`` pairs (see :class:`StepOrderSampler`)."""
-    collate: Callable[[list[Any]], dict[str, Any]]
-    loss: LossFn
-    """``(model, batch) -> (loss, numbers to log)``."""
-    save_final: Callable[[torch.nn.Module, Path], None]
-    """Writes the final model into a directory (``model.safetensors`` + JSON)."""
-    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
-    """Runs on every process; returns the metrics (the main process's are used)."""
-
-
 class TrainingInterrupted(Exception):
     """SIGTERM/SIGINT arrived; a checkpoint was saved."""
 
@@ -75,27 +55,6 @@ class TrainingInterrupted(Exception):
         super().__init__(f"stopped by signal {signum}; checkpoint saved at {checkpoint}")
         self.signum = signum
         self.checkpoint = checkpoint
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    """accelerate for devices and mixed precision: bf16 on GPU with ``auto``, fp32 on CPU.
-
-    With ``train.deterministic`` kernels are deterministic (some CPU backward kernels accumulate in
-    thread order otherwise, and a resumed run would drift from the uninterrupted one).
-    """
-    if cfg.train.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
-
-
-def end_distributed() -> None:
-    """Close the process group at the end of a stage (a rank may otherwise abort at exit)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -143,47 +102,6 @@ class _StopFlag:
             signal.signal(signum, handler)
 
 
-class MetricsLog:
-    """Appends one JSON line per record to ``metrics.jsonl`` and mirrors it to wandb when enabled."""
-
-    def __init__(self, cfg: Config, run_dir: Path, enabled: bool, start_step: int = 0) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.wandb = None
-        if enabled and self.path.is_file():
-            self._drop_records_after(start_step)
-        if enabled and cfg.log.wandb:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.log.wandb_project, mode=cfg.log.wandb_mode, dir=str(run_dir),
-                                    name=cfg.run.name or run_dir.name, config=to_dict(cfg), resume="allow")
-
-    def _drop_records_after(self, step: int) -> None:
-        """Keep the records of steps up to ``step`` (where a resumed run continues): a run killed after
-        its last checkpoint logged steps that the resumed run logs again."""
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the kill
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line)
-        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -217,15 +135,21 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path) -> TrainerState:
-    """Train until ``train.max_steps``; returns the final trainer state.
+def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.Module, dataset: Dataset,
+          collate: Callable[[list[Any]], dict[str, Any]], loss: LossFn,
+          evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainerState:
+    """Train ``model`` until ``train.max_steps``, the last checkpoint saved; returns the final trainer state.
+
+    ``dataset`` is indexed by ``(example index, epoch)`` pairs (see :class:`StepOrderSampler`);
+    ``collate`` turns a list of its items into a batch; ``loss(model, batch)`` returns the loss and
+    the numbers to log; ``evaluate(model)`` (optional) runs on every process and returns metrics (the
+    main process's are used). The stage writes the final model itself.
 
     Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGTERM/SIGINT arrives, and
     :class:`RablipError` on a non-finite loss (unless ``train.skip_nonfinite``).
     """
     tc = cfg.train
     main = accelerator.is_main_process
-    model = task.model
     if main:
         check_free_space(run_dir, model)
     optimizer = build_optimizer(model, tc)
@@ -240,9 +164,9 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
     elif cfg.run.resume:
         log.info("run.resume=true but %s holds no checkpoint: starting from step 0", run_dir)
 
-    sampler = StepOrderSampler(len(task.dataset), tc.batch_size, world_size=accelerator.num_processes,
+    sampler = StepOrderSampler(len(dataset), tc.batch_size, world_size=accelerator.num_processes,
                                rank=accelerator.process_index, seed=cfg.run.seed, start=state.micro_steps)
-    loader = DataLoader(GuardedDataset(task.dataset), batch_sampler=sampler, collate_fn=guarded_collate(task.collate),
+    loader = DataLoader(GuardedDataset(dataset), batch_sampler=sampler, collate_fn=guarded_collate(collate),
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
     batches = iter(loader)
     metrics = MetricsLog(cfg, run_dir, main, start_step=state.step)
@@ -273,12 +197,12 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
                 state.micro_steps += 1
                 sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    loss, parts = task.loss(model, batch)
-                    finite = finite and _all_finite(accelerator, loss)
+                    loss_value, parts = loss(model, batch)
+                    finite = finite and _all_finite(accelerator, loss_value)
                     if finite:
-                        accelerator.backward(loss / tc.grad_accum)
-                for key, value in {"loss": float(loss.detach()), **parts}.items():
-                    step_logs[key] = step_logs.get(key, 0.0) + value / tc.grad_accum
+                        accelerator.backward(loss_value / tc.grad_accum)
+                for key, number in {"loss": float(loss_value.detach()), **parts}.items():
+                    step_logs[key] = step_logs.get(key, 0.0) + number / tc.grad_accum
 
             what = "loss"
             if finite:
@@ -328,29 +252,26 @@ def train(cfg: Config, task: TrainTask, accelerator: Accelerator, run_dir: Path)
                 window, window_counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
 
             evaluated = False
-            if task.evaluate is not None and tc.eval_every and state.step % tc.eval_every == 0:
-                _evaluate(cfg, task, model, state, metrics, accelerator)
+            if evaluate is not None and tc.eval_every and state.step % tc.eval_every == 0:
+                _evaluate(cfg, evaluate, model, state, metrics, accelerator)
                 evaluated = True
             if state.step % tc.save_every == 0 or evaluated and state.best_step == state.step:
                 _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
             stop_here(stop)
 
     progress.close()
-    if task.evaluate is not None and (not tc.eval_every or tc.max_steps % tc.eval_every):
-        _evaluate(cfg, task, model, state, metrics, accelerator)
+    if evaluate is not None and (not tc.eval_every or tc.max_steps % tc.eval_every):
+        _evaluate(cfg, evaluate, model, state, metrics, accelerator)
     _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
-    if main:
-        _save_final(task, unwrapped, run_dir / "final")
-    accelerator.wait_for_everyone()
     metrics.close()
     return state
 
 
-def _evaluate(cfg: Config, task: TrainTask, model: torch.nn.Module, state: TrainerState, metrics: MetricsLog,
+def _evaluate(cfg: Config, evaluate: Callable[[torch.nn.Module], dict[str, float]], model: torch.nn.Module, state: TrainerState, metrics: MetricsLog,
               accelerator: Accelerator) -> None:
     model.eval()
     with torch.no_grad():
-        results = task.evaluate(accelerator.unwrap_model(model))
+        results = evaluate(accelerator.unwrap_model(model))
     model.train()
     if accelerator.num_processes > 1:
         # Every process must agree on the best step: it decides which processes save a checkpoint.
@@ -382,18 +303,3 @@ def _save(accelerator: Accelerator, run_dir: Path, model: torch.nn.Module, optim
         path = save_checkpoint(run_dir, model, optimizer, state, keep_last)
     accelerator.wait_for_everyone()
     return path
-
-
-def _save_final(task: TrainTask, model: torch.nn.Module, final_dir: Path) -> None:
-    """Write the final model into a temporary sibling, then rename it into place (an earlier final
-    model is renamed aside first and deleted last, so no half-deleted one is ever at ``final_dir``)."""
-    tmp = final_dir.with_name(f".tmp-{final_dir.name}")
-    aside = final_dir.with_name(f".old-{final_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        task.save_final(model, tmp)
-        replace_directory(tmp, final_dir, aside)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

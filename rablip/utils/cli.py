@@ -25,18 +25,3 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     raise SystemExit(code or 0)
-
-
-def run_stage(argv: list[str], description: str, stage: str) -> int:
-    """Parse the config and run the stage function ``stage`` ("package.module:function").
-
-    The stage receives the validated config; the run directory is prepared by the stage itself
-    (it knows which process is the main one).
-    """
-    import importlib
-
-    from rablip.config.cli import parse_config
-
-    cfg = parse_config(argv, description)
-    module_name, function_name = stage.split(":")
-    return getattr(importlib.import_module(module_name), function_name)(cfg) or 0

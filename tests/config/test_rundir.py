@@ -5,7 +5,7 @@ import yaml
 
 from rablip.config.load import load_config
 from rablip.errors import ConfigError
-from rablip.utils.rundir import prepare_run_dir
+from rablip.stages.rundir import prepare_run_dir
 
 
 def cfg_for(out, *extra):

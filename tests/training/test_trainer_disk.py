@@ -13,11 +13,11 @@ import pytest
 
 from rablip.config import load_config
 from rablip.errors import ConfigError, RablipError
+from rablip.stages.rundir import prepare_run_dir
+from rablip.stages.runtime import make_accelerator
 from rablip.training import checkpoint
-from rablip.training.trainer import make_accelerator, train
-from rablip.utils.rundir import prepare_run_dir
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, run
-from tests.training.toy_task import ToyLoss, build_task
+from tests.training.toy_task import ToyLoss, build_task, train_toy
 
 DiskUsage = namedtuple("DiskUsage", "total used free")
 
@@ -27,7 +27,7 @@ def toy_train(run_dir, loss, *overrides):
                              "train.deterministic=false", f"run.output_dir={run_dir}", *overrides])
     accelerator = make_accelerator(cfg)
     prepared = prepare_run_dir(cfg, accelerator.is_main_process)
-    return train(cfg, build_task(cfg, loss), accelerator, prepared)
+    return train_toy(cfg, build_task(cfg, loss), accelerator, prepared)
 
 
 def test_disk_full_is_refused_before_the_first_step(tmp_path, monkeypatch):

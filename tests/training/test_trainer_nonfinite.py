@@ -7,10 +7,10 @@ from safetensors.torch import load_file
 
 from rablip.config import load_config
 from rablip.errors import RablipError
+from rablip.stages.rundir import prepare_run_dir
+from rablip.stages.runtime import make_accelerator
 from rablip.training import trainer
-from rablip.training.trainer import make_accelerator, train
-from rablip.utils.rundir import prepare_run_dir
-from tests.training.toy_task import ToyLoss, build_task
+from tests.training.toy_task import ToyLoss, build_task, train_toy
 
 
 def toy_train(tmp_path, loss, *overrides):
@@ -19,7 +19,7 @@ def toy_train(tmp_path, loss, *overrides):
                              f"run.output_dir={tmp_path / 'run'}", *overrides])
     accelerator = make_accelerator(cfg)
     run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-    return train(cfg, build_task(cfg, loss), accelerator, run_dir), run_dir
+    return train_toy(cfg, build_task(cfg, loss), accelerator, run_dir), run_dir
 
 
 def saved_weights(run_dir):

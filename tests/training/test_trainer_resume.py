@@ -75,7 +75,7 @@ def test_sigterm_saves_current_step_exits_143_and_resumes(tmp_path):
 
 def test_metrics_log_drops_the_steps_a_resumed_run_logs_again(tmp_path):
     from rablip.config import load_config
-    from rablip.training.trainer import MetricsLog
+    from rablip.training.metrics_log import MetricsLog
 
     lines = [json.dumps({"step": step, "loss": 1.0 / step}) for step in range(1, 7)]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 7, "lo')  # cut by a kill

@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,10 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from rablip.config import Config, load_config
-from rablip.stages.runtime import SIGNAL_EXIT
-from rablip.training.checkpoint import trainable_state_dict
-from rablip.training.trainer import TrainingInterrupted, TrainTask, make_accelerator, train
-from rablip.utils.rundir import prepare_run_dir
+from rablip.stages.rundir import prepare_run_dir
+from rablip.stages.runtime import SIGNAL_EXIT, make_accelerator
+from rablip.training.checkpoint import trainable_state_dict, write_final_dir
+from rablip.training.trainer import TrainerState, TrainingInterrupted, train
 
 FEATURES = 8
 
@@ -90,9 +92,21 @@ class ToyLoss:
         return loss, {"mse": float(loss.detach())}
 
 
+@dataclass
+class ToyTask:
+    """What the trainer's tests train: the model and the plain callables :func:`train` takes."""
+
+    model: torch.nn.Module
+    dataset: Dataset
+    collate: Callable
+    loss: Callable
+    save_final: Callable[[torch.nn.Module, Path], None]
+    evaluate: Callable | None = None
+
+
 def build_task(cfg: Config, loss: ToyLoss | None = None, rank_eval: bool = False,
-               rank: int = 0) -> TrainTask:
-    """The toy :class:`TrainTask`; ``rank_eval`` adds an evaluation whose result depends on the rank."""
+               rank: int = 0) -> ToyTask:
+    """The toy task; ``rank_eval`` adds an evaluation whose result depends on the rank."""
 
     def save_final(model: torch.nn.Module, out: Path) -> None:
         save_file(trainable_state_dict(model), str(out / "model.safetensors"))
@@ -105,8 +119,17 @@ def build_task(cfg: Config, loss: ToyLoss | None = None, rank_eval: bool = False
             return {"score": float(-evaluate.calls if rank == 0 else evaluate.calls)}
         evaluate.calls = 0
 
-    return TrainTask(model=toy_model(cfg.run.seed), dataset=ToyDataset(seed=cfg.run.seed), collate=toy_collate,
-                     loss=loss or ToyLoss(), save_final=save_final, evaluate=evaluate)
+    return ToyTask(model=toy_model(cfg.run.seed), dataset=ToyDataset(seed=cfg.run.seed), collate=toy_collate,
+                   loss=loss or ToyLoss(), save_final=save_final, evaluate=evaluate)
+
+
+def train_toy(cfg: Config, task: ToyTask, accelerator, run_dir: Path) -> TrainerState:
+    """Train the toy task and write its final model, as a stage does."""
+    state = train(cfg, accelerator, run_dir, task.model, task.dataset, task.collate, task.loss, task.evaluate)
+    if accelerator.is_main_process:
+        write_final_dir(run_dir / "final", lambda out: task.save_final(task.model, out))
+    accelerator.wait_for_everyone()
+    return state
 
 
 def run(overrides: list[str], loss: ToyLoss | None = None, rank_eval: bool = False) -> int:
@@ -114,7 +137,7 @@ def run(overrides: list[str], loss: ToyLoss | None = None, rank_eval: bool = Fal
     cfg = load_config(None, overrides)
     accelerator = make_accelerator(cfg)
     # Main first: another rank checking the directory while the main one writes config.yaml would
-    # see a non-empty directory without it (rablip.utils.rundir has that race when run concurrently).
+    # see a non-empty directory without it (rablip.stages.rundir has that race when run concurrently).
     with accelerator.main_process_first():
         run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
     seen = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
@@ -122,7 +145,7 @@ def run(overrides: list[str], loss: ToyLoss | None = None, rank_eval: bool = Fal
     (run_dir / f"toy_rank{accelerator.process_index}.json").write_text(json.dumps(seen), encoding="utf-8")
     task = build_task(cfg, loss, rank_eval, accelerator.process_index)
     try:
-        train(cfg, task, accelerator, run_dir)
+        train_toy(cfg, task, accelerator, run_dir)
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         return SIGNAL_EXIT.get(stop.signum, 1)

@@ -1,8 +1,11 @@
-"""The references each evaluated question is answered with.
+"""The one provider of ranked references, for fine-tuning and evaluation alike.
 
-``retrieval.source`` says where the ranked candidates come from: ``index`` (live search, cached in
-the run dir), ``static`` (a retrieval results file), ``gold`` (the dataset's relevance labels, an
-oracle) or ``none``. A question is answered with the top ``k`` of its candidates.
+``retrieval.source`` says where the ranked candidates of a split's questions come from: ``index``
+(live search, cached in the run dir), ``static`` (a retrieval results file), ``gold`` (the dataset's
+relevance labels, an oracle) or ``none``. Evaluation answers a question with the top ``k`` of its
+candidates; fine-tuning plans its references from them (:mod:`rablip.training.askg`: ASKG mixing and
+noise snippets, and counterfactual swaps, are transforms of this output), and so does noisy
+evaluation (:class:`NoisyReferences`, below).
 
 Noisy evaluation (``eval.noisy_fraction``) replaces ``round(fraction * k)`` of the k references by
 random knowledge-base items: the lowest-ranked ones go, the best ``k - round(fraction * k)``
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,28 +29,47 @@ from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
 from rablip.errors import ConfigError
+from rablip.retrieval.cache import retrieve_split_cached
 from rablip.retrieval.static import Retrieved, read_retrieval
 
 Ranked = dict[str, list[tuple[str, float | None]]]
 _NOISE_STREAM = 7
 
 
-def ranked_candidates(cfg: Config, examples: Sequence[QAExample], split: str, run_dir: Path) -> Ranked:
-    """Question id -> ranked (item id, score or None) for every example, from ``retrieval.source``."""
+RETRIEVED_SOURCES = ("index", "static")
+"""The sources whose candidates a retriever ranked (the others are gold labels, or nothing)."""
+
+
+@dataclass
+class References:
+    """The ranked candidates of every question of a split."""
+
+    ranked: Ranked
+    """Question id -> ranked (item id, score or None)."""
+    retrieved: bool
+    """Whether a retriever ranked them (``retrieval.source`` index or static): a ranking that orders
+    references and hard negatives come from. False for gold labels (unordered) and none."""
+
+    def ids(self, question_id: str) -> list[str]:
+        return [item_id for item_id, _ in self.ranked[question_id]]
+
+
+def ranked_references(cfg: Config, examples: Sequence[QAExample], split: str, run_dir: Path) -> References:
+    """The ranked candidates of every one of ``examples`` (the questions of ``data.<split>``) from
+    ``retrieval.source``; a question the static file or the cache lacks is an error naming it."""
     source = cfg.retrieval.source
+    retrieved = source in RETRIEVED_SOURCES
     if source == "none" or cfg.retrieval.k == 0:
-        return {ex.id: [] for ex in examples}
+        return References({ex.id: [] for ex in examples}, retrieved)
     if source == "gold":
-        return {ex.id: [(item_id, None) for item_id in ex.relevant_ids or []] for ex in examples}
+        return References({ex.id: [(item_id, None) for item_id in ex.relevant_ids or []] for ex in examples}, False)
     results: dict[str, Retrieved]
     if source == "static":
         if not cfg.retrieval.static_file:
             raise ConfigError("retrieval.source=static needs retrieval.static_file (a retrieval results file).")
         results = read_retrieval(cfg.retrieval.static_file)
     else:
-        from rablip.retrieval.cache import retrieve_split_cached
-
-        results = retrieve_split_cached(cfg, split, run_dir)
+        results = retrieve_split_cached(cfg, split, examples, run_dir)
     missing = [ex.id for ex in examples if ex.id not in results]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
@@ -57,7 +80,8 @@ def ranked_candidates(cfg: Config, examples: Sequence[QAExample], split: str, ru
             where, fix = "the retrieval cache", "retrieve for this split again"
         raise ConfigError(f"{len(missing)} question(s) of data.{split} have no retrieval results in {where} "
                           f"({shown}); {fix}.")
-    return {ex.id: [(item_id, float(score)) for item_id, score in results[ex.id]] for ex in examples}
+    return References({ex.id: [(item_id, float(score)) for item_id, score in results[ex.id]] for ex in examples},
+                      True)
 
 
 def noise_count(fraction: float, k: int) -> int:
