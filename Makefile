@@ -20,8 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
 
+# ruff, and the layer contract in pyproject.toml (import-linter): a module imports only its own layer
+# and the layers below it.
 lint: $(STAMP)
 	$(PY) -m ruff check rablip scripts tests run_pretrain.py run_finetune.py run_eval.py
+	$(VENV)/bin/lint-imports --no-cache
 
 clean-venv:
 	rm -rf $(VENV)
