@@ -1,36 +1,26 @@
 """The on-disk knowledge-base store: Arrow data (``datasets``), memory-mapped, looked up by item id.
 
-A store directory holds what ``datasets.Dataset.save_to_disk`` writes (Arrow shards, one row per
+A store directory holds ``items.arrow`` (one Arrow stream, one row per
 :class:`~rablip.data.records.KBItem`), the id index of :mod:`rablip.data.kb_index`, and
-``kb_manifest.json``. :func:`build_kb_store` streams items into a temporary sibling directory and
-renames it into place only when everything, the manifest last, is written: an interrupted build
-leaves no directory at the target, and :meth:`KBStore.open` refuses any directory without a
-manifest. Memory stays flat in the number of items: rows are written in batches, duplicate ids are
-found by sorting 64-bit id hashes, and opening maps files instead of reading them.
+``kb_manifest.json``, written last. :mod:`rablip.data.kb_writer` builds stores; this module holds
+their layout and :class:`KBStore`, which opens one. :meth:`KBStore.open` refuses any directory
+without a valid manifest, and maps files instead of reading them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow as pa
-from tqdm.auto import tqdm
 
 from rablip.data.images import resolve_under_root
-from rablip.data.kb_index import HASHES_FILE, ID_HASH_NAME, ROWS_FILE, IdIndex
+from rablip.data.kb_index import ID_HASH_NAME, IdIndex
 from rablip.data.records import KBItem
 from rablip.errors import DataError, RablipError
-from rablip.utils.io import atomic_write_json, replace_directory
 
 SCHEMA_VERSION = 1
 """Version of the store layout; a store of another version is refused on open (rebuild it)."""
@@ -47,11 +37,10 @@ KB_FEATURES = datasets.Features(
         "source": datasets.Value("string"),
     }
 )
-_ID_BATCH_ROWS = 65_536
-_WRITE_BATCH_ROWS = 10_000
+ID_BATCH_ROWS = 65_536
+"""Rows of the id column read at a time when walking a store's ids."""
 DATA_FILE = "items.arrow"
 """The store's data: one Arrow stream file, memory-mapped when the store is opened."""
-_WRITE_BATCH_BYTES = 64 * 2**20
 
 
 class KBItemNotFoundError(DataError, KeyError):
@@ -62,176 +51,9 @@ class KBItemNotFoundError(DataError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-@contextlib.contextmanager
-def _datasets_progress_bars_off() -> Iterator[None]:
-    """Silence the ``datasets`` bars during a build (ours counts items); restore them after."""
-    were_disabled = datasets.utils.are_progress_bars_disabled()
-    datasets.utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not were_disabled:
-            datasets.utils.enable_progress_bars()
-
-
-def _is_url(image_reference: str) -> bool:
+def is_image_url(image_reference: str) -> bool:
+    """Whether an item's image reference is a URL (kept as given; rablip never downloads)."""
     return "://" in image_reference
-
-
-def _check_image_path(item_id: str, image_path: str, position: int, root: Path | None, where: str) -> None:
-    """Refuse a relative image path without a root, or one that leaves the root."""
-    if root is None:
-        raise DataError(
-            f"{where}: item {item_id!r} (#{position}) has the image path {image_path!r} but no KB root "
-            "was given; set the root (data.kb.root) that relative image paths are under."
-        )
-    try:
-        resolve_under_root(root, image_path)
-    except DataError as err:
-        raise DataError(f"{where}: item {item_id!r} (#{position}): {err}") from None
-
-
-def _item_row(item: Any, position: int, root: Path | None, where: str) -> dict[str, Any]:
-    """One Arrow row of a KBItem, its image path checked against the root."""
-    if not isinstance(item, KBItem):
-        raise DataError(f"{where}: item #{position} is a {type(item).__name__}, not a KBItem.")
-    image_path: str | None = None
-    image_bytes: bytes | None = None
-    if isinstance(item.image, bytes):
-        image_bytes = item.image
-    elif item.image is not None:
-        image_path = os.fspath(item.image)
-        # URLs (WIT lists them) are kept as given; image_of refuses them, rablip does not download.
-        if not _is_url(image_path):
-            _check_image_path(item.id, image_path, position, root, where)
-    return {
-        "id": item.id,
-        "modality": item.modality,
-        "image_path": image_path,
-        "image_bytes": image_bytes,
-        "text": item.text,
-        "title": item.title,
-        "source": item.source,
-    }
-
-
-def _write_rows(
-    items: Iterable[KBItem], arrow_path: Path, root: Path | None, where: str, total: int | None, show_progress: bool
-) -> datasets.Dataset:
-    """Write items as Arrow record batches to ``arrow_path`` and memory-map them as a Dataset.
-
-    Rows go to Arrow column by column, a batch at a time (bounded by rows and by bytes, so image
-    bytes do not pile up); this is several times faster than ``Dataset.from_generator``, which
-    encodes every example on its own through ``Features.encode_example``.
-    """
-    schema = KB_FEATURES.arrow_schema
-    columns: dict[str, list[Any]] = {name: [] for name in KB_FEATURES}
-    batch_bytes = 0
-    with (
-        pa.OSFile(str(arrow_path), "wb") as sink,
-        pa.ipc.new_stream(sink, schema) as writer,
-        tqdm(total=total, disable=not show_progress, unit=" items", desc="kb store") as bar,
-    ):
-        for position, item in enumerate(items):
-            row = _item_row(item, position, root, where)
-            for name, value in row.items():
-                columns[name].append(value)
-            batch_bytes += len(item.text) + len(row["image_bytes"] or b"")
-            if len(columns["id"]) >= _WRITE_BATCH_ROWS or batch_bytes >= _WRITE_BATCH_BYTES:
-                writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
-                bar.update(len(columns["id"]))
-                columns = {name: [] for name in KB_FEATURES}
-                batch_bytes = 0
-        if columns["id"]:
-            writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
-            bar.update(len(columns["id"]))
-    return datasets.Dataset.from_file(str(arrow_path))
-
-
-def _prepare_target(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty target unless ``overwrite`` and it is a store; make the parent."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"knowledge-base store target {out_dir} exists and is not a directory.")
-    occupied = out_dir.is_dir() and any(out_dir.iterdir())
-    if occupied and overwrite and not (out_dir / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"knowledge-base store directory {out_dir} is not empty and holds no {MANIFEST_NAME}: it is not "
-            "a store, so overwrite will not delete it. Choose another store_dir."
-        )
-    if occupied and not overwrite:
-        raise DataError(
-            f"knowledge-base store directory {out_dir} already exists and is not empty. Choose another "
-            "store_dir or delete the old store first."
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _manifest(count: int, started: float, source_name: str, root: Path | None) -> dict[str, Any]:
-    return {
-        "format": STORE_FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "count": count,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(time.monotonic() - started, 3),
-        "source": source_name,
-        "kb_root": str(root) if root is not None else None,
-        "id_index": {"hash": ID_HASH_NAME, "hashes_file": HASHES_FILE, "rows_file": ROWS_FILE},
-        "data_file": DATA_FILE,
-        "columns": list(KB_FEATURES),
-    }
-
-
-def build_kb_store(
-    items: Iterable[KBItem],
-    out_dir: str | os.PathLike,
-    *,
-    kb_root: str | os.PathLike | None = None,
-    total: int | None = None,
-    show_progress: bool = True,
-    source_name: str = "",
-    overwrite: bool = False,
-) -> Path:
-    """Stream ``items`` into a new store at ``out_dir`` and return its path.
-
-    ``kb_root`` is the directory that relative image paths are under; a path that leaves it is a
-    DataError naming the item, as are duplicate ids and non-KBItem values. ``total`` (the item
-    count, when known) sizes the progress bar. ``source_name`` is recorded in the manifest and
-    names the input in error messages. The store is built in a temporary sibling directory and
-    renamed into place at the end, so a failed build leaves ``out_dir`` as it was. An existing
-    non-empty ``out_dir`` is refused unless ``overwrite`` is set and it is itself a store (has a
-    manifest); then the new store replaces it once complete.
-    """
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    root = Path(kb_root).resolve() if kb_root is not None and os.fspath(kb_root) != "" else None
-    where = f"knowledge base {source_name!r}" if source_name else "knowledge base"
-    _prepare_target(out_dir, overwrite)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
-        built_dir = work_dir / "store"
-        with _datasets_progress_bars_off():
-            dataset = _write_rows(items, work_dir / DATA_FILE, root, where, total, show_progress)
-            if len(dataset) == 0:
-                raise DataError(f"{where}: no items to store; check the input file and its format.")
-            id_column = dataset.select_columns(["id"])
-            index = IdIndex.build(
-                (batch["id"] for batch in id_column.iter(batch_size=_ID_BATCH_ROWS)),
-                len(dataset),
-                lambda row: id_column[row]["id"],
-                where,
-            )
-            # The Arrow file written above becomes the store's data file as it is: its record batches
-            # hold up to _WRITE_BATCH_ROWS rows. (datasets' save_to_disk would rewrite it in batches
-            # of 100 rows for a binary column, and opening a store costs memory per batch.)
-            built_dir.mkdir()
-            os.replace(work_dir / DATA_FILE, built_dir / DATA_FILE)
-        index.save(built_dir)
-        # The manifest is written last: its presence is what marks a store as complete.
-        atomic_write_json(built_dir / MANIFEST_NAME, _manifest(len(dataset), started, source_name, root))
-        replace_directory(built_dir, out_dir, work_dir / "replaced")
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return out_dir
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -397,7 +219,7 @@ class KBStore:
                 rows[position] = row
         return rows
 
-    def ids(self, batch_size: int = _ID_BATCH_ROWS) -> Iterator[str]:
+    def ids(self, batch_size: int = ID_BATCH_ROWS) -> Iterator[str]:
         """Every item id in row order, read ``batch_size`` rows at a time."""
         for batch in self._dataset.select_columns(["id"]).iter(batch_size=batch_size):
             yield from batch["id"]
@@ -418,7 +240,7 @@ class KBStore:
         """
         if item.image is None or isinstance(item.image, bytes):
             return item.image
-        if _is_url(item.image):
+        if is_image_url(item.image):
             raise DataError(
                 f"item {item.id!r} of the knowledge-base store {self.directory} has the image URL {item.image!r}; "
                 "rablip does not download images. Fetch them and rebuild the store with local paths."

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from rablip.data.collate import Collator, Sample
+from rablip.data.samples import Sample
+from rablip.models.processing import Collator
 
 GENERATE_INPUTS = ("pixel_values", "image_slot_mask", "qformer_input_ids", "qformer_attention_mask",
                    "input_ids", "attention_mask", "image_embeds", "image_embeds_mask")

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from rablip.models.fusion import MultimodalRetrievalEncoder, TokenSequence
+from rablip.models.fusion import MultimodalRetrievalEncoder
+from rablip.models.fusion_layers import TokenSequence
 
 
 class FusionReranker(nn.Module):

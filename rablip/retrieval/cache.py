@@ -3,8 +3,8 @@
 :func:`retrieve_split` runs the configured :class:`~rablip.retrieval.retriever.Retriever` over the
 questions of a split. :func:`retrieve_split_cached` keeps its results in
 ``<run_dir>/retrieval_<split>.jsonl`` (the static retrieval format of
-:mod:`rablip.retrieval.static`) with ``retrieval_<split>.meta.json`` beside it, written after the
-results. The meta file holds a key over everything the results depend on: the sha256 of the index
+:mod:`rablip.retrieval.static`) with ``retrieval_<split>.meta.json`` beside it, removed before the
+results are rewritten and written after them (:func:`rablip.utils.artefacts.rewrite_in_place`). The meta file holds a key over everything the results depend on: the sha256 of the index
 layout (which holds the sha256 of every group index manifest, and so the encoder fingerprint and
 the index files), the retrieval settings, and the split's questions. A cache whose key differs is
 recomputed, never reused.
@@ -30,8 +30,9 @@ from rablip.retrieval.components import encoder_fingerprint
 from rablip.retrieval.groups import layout_checksum
 from rablip.retrieval.retriever import Retriever
 from rablip.retrieval.static import Retrieved, read_retrieval, write_retrieval
+from rablip.utils.artefacts import rewrite_in_place
 from rablip.utils.dist import barrier, process_rank_world
-from rablip.utils.io import atomic_write_json, read_json
+from rablip.utils.io import read_json
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.retrieval")
@@ -135,9 +136,11 @@ def retrieve_split_cached(cfg: Config, split: str, examples: Sequence[QAExample]
         for other in range(world):
             other_part = results_path.with_name(f".{results_path.stem}.part-{other}-of-{world}.jsonl")
             results.update(read_retrieval(other_part))
-        write_retrieval(results_path, ((ex.id, results[ex.id]) for ex in examples))
-        atomic_write_json(meta_path, {"key": key, "questions": len(examples), "split": split,
-                                      "mode": cfg.retrieval.mode, "depth": cache_depth(cfg)})
+        # The meta file goes first and comes back last: old meta never vouches for new results.
+        with rewrite_in_place(meta_path.parent, meta_path.name) as cache:
+            write_retrieval(results_path, ((ex.id, results[ex.id]) for ex in examples))
+            cache.commit({"key": key, "questions": len(examples), "split": split,
+                          "mode": cfg.retrieval.mode, "depth": cache_depth(cfg)})
         for other in range(world):
             results_path.with_name(f".{results_path.stem}.part-{other}-of-{world}.jsonl").unlink(missing_ok=True)
         log.info("retrieval results for %s (%d questions) cached in %s", split, len(examples), results_path)

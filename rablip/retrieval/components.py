@@ -1,9 +1,9 @@
 """The pieces every retrieval job builds from a config: the encoder, its fingerprint, the batcher.
 
-The retrieval encoder is the pre-trained one in ``model.fusion.checkpoint``. Its texts are tokenized
-with the Q-Former tokenizer and its images preprocessed with the image processor of the generator's
-base checkpoint (the ones pre-training used); they are found from ``model.checkpoint``'s
-``config.json`` without loading the generator (whose LLM may be billions of parameters).
+The retrieval encoder is the pre-trained one in ``model.fusion.checkpoint``. Its processor (Q-Former
+tokenizer and image processor, :class:`rablip.models.retrieval_processing.RetrievalBatcher`) is that
+of the generator's base checkpoint (the one pre-training used), found from ``model.checkpoint``
+without loading the generator (whose LLM may be billions of parameters).
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ import torch
 
 from rablip.config.schema import Config
 from rablip.errors import ConfigError
-from rablip.models.factory import QFORMER_TOKENIZER_DIR, ensure_generator_checkpoint, load_retrieval_encoder
-from rablip.models.fusion import CONFIG_FILE, WEIGHTS_FILE
-from rablip.retrieval.batches import RetrievalBatcher
+from rablip.models.factory import generator_checkpoint_dir, load_retrieval_encoder
+from rablip.models.fusion_checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.retrieval.index_manifest import sha256_of_file
-from rablip.utils.io import read_json
-
-_MAX_BASE_DEPTH = 4
 
 
 def encoder_fingerprint(checkpoint_dir: str | os.PathLike) -> str:
@@ -42,33 +39,10 @@ def encoder_fingerprint(checkpoint_dir: str | os.PathLike) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def base_checkpoint_dir(cfg: Config) -> Path:
-    """The generator checkpoint dir holding the processor files (follows rablip ``base_checkpoint``)."""
-    path = ensure_generator_checkpoint(cfg).resolve()
-    for _ in range(_MAX_BASE_DEPTH):
-        base = read_json(path / "config.json", "checkpoint config").get("base_checkpoint")
-        if not base:
-            return path
-        base_path = Path(base).expanduser()
-        path = base_path if base_path.is_absolute() else (path / base_path).resolve()
-    raise ConfigError(f"model.checkpoint {cfg.model.checkpoint}: base_checkpoint chain deeper than {_MAX_BASE_DEPTH}.")
-
-
 def retrieval_batcher(cfg: Config) -> RetrievalBatcher:
-    """The Q-Former tokenizer and image processor of the generator's base checkpoint."""
-    base = base_checkpoint_dir(cfg)
-    qformer_dir = base / QFORMER_TOKENIZER_DIR
-    if not (base / "preprocessor_config.json").is_file() or not qformer_dir.is_dir():
-        raise ConfigError(f"checkpoint {base} lacks its processor files ({QFORMER_TOKENIZER_DIR}/, "
-                          "preprocessor_config.json): copy the whole transformers checkpoint dir.")
-    return RetrievalBatcher.from_pretrained(qformer_dir, base, cfg.data.qformer_max_length)
-
-
-def process_device() -> torch.device:
-    """This process's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    """The processor of the retrieval encoder: the Q-Former tokenizer and image processor of
+    ``model.checkpoint`` (or its base checkpoint), texts cut to ``data.qformer_max_length`` tokens."""
+    return RetrievalBatcher.from_checkpoint(generator_checkpoint_dir(cfg), cfg.data.qformer_max_length)
 
 
 def load_encoder(cfg: Config, device: torch.device) -> torch.nn.Module:

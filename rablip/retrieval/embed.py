@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rablip.data.records import KBItem, QAExample
-from rablip.retrieval.batches import RetrievalBatcher
+from rablip.models.retrieval_processing import RetrievalBatcher
 
 LoadImage = Callable[[object, str | None], Image.Image | None]
 

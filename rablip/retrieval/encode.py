@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.errors import RablipError
-from rablip.retrieval.batches import RetrievalBatcher
+from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.retrieval.groups import GROUPS, group_of
 from rablip.retrieval.item_encoding import embed_items_shared, shared_image_batch
 from rablip.retrieval.shards import list_finished_shards, write_shard, write_shards_manifest
@@ -147,7 +147,7 @@ def encode_shard(encoder: torch.nn.Module, batcher: RetrievalBatcher, store: KBS
             selected = [i for i, item in enumerate(kept) if group_of(item.modality) == group]
             ids[group].extend(kept[i].id for i in selected)
             parts[group].append(embeddings[selected])
-    dim = encoder.fusion.config.embed_dim
+    dim = encoder.fusion.embed_dim
     return {group: (ids[group], np.concatenate(parts[group]) if parts[group] else np.zeros((0, dim), np.float32))
             for group in GROUPS}
 

@@ -4,7 +4,8 @@ Each non-empty group's shard directory (``<embeddings_dir>/<group>``) becomes an
 ``<index_dir>/<group>`` through :func:`rablip.retrieval.index.build_index`, carrying the encoder
 fingerprint of the shards. A group whose index was already built from the same shards with the same
 request (index type and parameters) is left alone, so re-running an encoding that had finished does
-not change the index (nor invalidate retrieval caches keyed by it). ``retrieval_index.json`` is
+not change the index (nor invalidate retrieval caches keyed by it: the layout is written again with
+the same bytes). ``retrieval_index.json``, the index directory's manifest, is removed first and
 written last.
 """
 
@@ -13,10 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rablip.retrieval.groups import GROUPS, LAYOUT_NAME, write_layout
+from rablip.retrieval.groups import GROUPS, LAYOUT_NAME, layout_record
 from rablip.retrieval.index import build_index
 from rablip.retrieval.index_manifest import MANIFEST_NAME, sha256_of_file
 from rablip.retrieval.shards import MANIFEST_NAME as SHARDS_MANIFEST
+from rablip.utils.artefacts import rewrite_in_place
 from rablip.utils.io import read_json
 from rablip.utils.logging import get_logger
 
@@ -57,22 +59,29 @@ def _is_current(index_dir: Path, group: str, shards_sha: str, request: IndexRequ
 
 def build_group_indexes(embeddings_dir: str | Path, index_dir: str | Path, fingerprint: str, counts: dict[str, int],
                         request: IndexRequest, show_progress: bool = False) -> Path:
-    """Build (or keep) ``<index_dir>/<group>`` for every group with items; write the layout; return its path."""
+    """Build (or keep) ``<index_dir>/<group>`` for every group with items; write the layout; return its path.
+
+    The layout is the index directory's manifest: it is removed before any group index changes and
+    written again last (:func:`rablip.utils.artefacts.rewrite_in_place`), so an interrupted build
+    leaves no layout that names indexes it does not describe.
+    """
     embeddings_dir, index_dir = Path(embeddings_dir), Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     layout_path = index_dir / LAYOUT_NAME
     previous = read_json(layout_path, "retrieval index layout") if layout_path.is_file() else None
-    shards_sha = {}
-    for group in GROUPS:
-        if not counts.get(group):
-            continue
-        shards_sha[group] = sha256_of_file(embeddings_dir / group / SHARDS_MANIFEST)
-        if _is_current(index_dir, group, shards_sha[group], request, previous):
-            log.info("the %s index in %s is up to date; kept", group, index_dir / group)
-            continue
-        build_index(embeddings_dir / group, index_dir / group, index_type=request.index_type,
-                    nlist=_nlist_for(request, counts[group], group), m=request.pq_m, nbits=request.nbits,
-                    hnsw_m=request.hnsw_m, nprobe=request.nprobe, encoder_fingerprint=fingerprint, seed=request.seed,
-                    overwrite=True, show_progress=show_progress)
-    return write_layout(index_dir, fingerprint, counts, embeddings_dir, request=asdict(request),
-                        shards_sha256=shards_sha)
+    with rewrite_in_place(index_dir, LAYOUT_NAME) as build:
+        shards_sha = {}
+        for group in GROUPS:
+            if not counts.get(group):
+                continue
+            shards_sha[group] = sha256_of_file(embeddings_dir / group / SHARDS_MANIFEST)
+            if _is_current(index_dir, group, shards_sha[group], request, previous):
+                log.info("the %s index in %s is up to date; kept", group, index_dir / group)
+                continue
+            build_index(embeddings_dir / group, index_dir / group, index_type=request.index_type,
+                        nlist=_nlist_for(request, counts[group], group), m=request.pq_m, nbits=request.nbits,
+                        hnsw_m=request.hnsw_m, nprobe=request.nprobe, encoder_fingerprint=fingerprint,
+                        seed=request.seed, overwrite=True, show_progress=show_progress)
+        build.commit(layout_record(index_dir, fingerprint, counts, embeddings_dir, request=asdict(request),
+                                   shards_sha256=shards_sha))
+    return layout_path

@@ -34,7 +34,7 @@ import numpy as np
 from rablip.errors import RablipError
 from rablip.retrieval.index import Index
 from rablip.retrieval.index_manifest import MANIFEST_NAME, sha256_of_file
-from rablip.utils.io import atomic_write_json, read_json
+from rablip.utils.io import read_json
 
 GROUPS = ("image", "text")
 GROUP_MODALITIES = {"image": ("image", "image+text"), "text": ("text",)}
@@ -50,10 +50,10 @@ def group_of(modality: str) -> str:
     return "text" if modality == "text" else "image"
 
 
-def write_layout(index_dir: str | os.PathLike, encoder_fingerprint: str, counts: dict[str, int],
-                 embeddings_dir: str | os.PathLike, request: dict[str, Any] | None = None,
-                 shards_sha256: dict[str, str] | None = None) -> Path:
-    """Write ``retrieval_index.json`` for the group indexes present under ``index_dir``.
+def layout_record(index_dir: str | os.PathLike, encoder_fingerprint: str, counts: dict[str, int],
+                  embeddings_dir: str | os.PathLike, request: dict[str, Any] | None = None,
+                  shards_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``retrieval_index.json`` content for the group indexes present under ``index_dir``.
 
     ``request`` (the index type and parameters asked for) and ``shards_sha256`` (of each group's
     ``shards.json``) record what the indexes were built from.
@@ -66,12 +66,9 @@ def write_layout(index_dir: str | os.PathLike, encoder_fingerprint: str, counts:
         groups[group] = {"count": counts.get(group, 0),
                          "manifest_sha256": sha256_of_file(manifest) if counts.get(group) else None,
                          "shards_sha256": shards_sha256.get(group)}
-    layout = {"format": LAYOUT_FORMAT, "version": LAYOUT_VERSION, "encoder_fingerprint": encoder_fingerprint,
-              "count": sum(counts.values()), "embeddings_dir": str(Path(embeddings_dir).absolute()),
-              "request": request, "groups": groups}
-    path = index_dir / LAYOUT_NAME
-    atomic_write_json(path, layout)
-    return path
+    return {"format": LAYOUT_FORMAT, "version": LAYOUT_VERSION, "encoder_fingerprint": encoder_fingerprint,
+            "count": sum(counts.values()), "embeddings_dir": str(Path(embeddings_dir).absolute()),
+            "request": request, "groups": groups}
 
 
 def read_layout(index_dir: str | os.PathLike) -> dict[str, Any]:

@@ -9,8 +9,9 @@ An index is a directory::
                      and ids.txt, and the embeddings used for exact re-ranking
 
 :func:`build_index` trains on a seeded random sample of rows and adds the rest in chunks read from
-the memory-mapped embedding files, in a temporary sibling directory that is renamed into place
-only when the manifest is written: a killed build never leaves a directory that loads.
+the memory-mapped embedding files, in a work directory beside the target that is renamed into place
+only when the manifest is written (:func:`rablip.utils.artefacts.build_beside`): a killed build
+never leaves a directory that loads.
 :meth:`Index.load` verifies the manifest (see :mod:`rablip.retrieval.index_manifest`) and moves the
 index to all GPUs when faiss sees any. :meth:`Index.search` adds little over a raw faiss call;
 with ``rerank_exact`` it re-scores ``k * rerank_factor`` candidates with the full-precision
@@ -20,8 +21,6 @@ embeddings read from their memory-mapped files, so a compressed index keeps the 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from rablip.retrieval.index_manifest import (
     verify_manifest,
 )
 from rablip.retrieval.shards import EmbeddingSource, open_embeddings
-from rablip.utils.io import atomic_write_json, replace_directory
+from rablip.utils.artefacts import build_beside
 from rablip.utils.logging import get_logger
 
 _logger = get_logger("rablip.retrieval.index")
@@ -136,9 +135,8 @@ def build_index(
     train_size = train_size or _default_train_size(index_type, nlist, nbits)
     params = {"nlist": nlist, "m": m, "nbits": nbits, "hnsw_m": hnsw_m, "ef_construction": ef_construction,
               "train_size": min(train_size, source.count), "chunk_size": chunk_size, "seed": seed}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with build_beside(out_dir, MANIFEST_NAME) as build:
+        building = build.path
         started = time.perf_counter()
         index = backend.make_index(index_type, source.dim, nlist=nlist, m=m, nbits=nbits, hnsw_m=hnsw_m,
                                    ef_construction=ef_construction)
@@ -171,13 +169,9 @@ def build_index(
                            "count": source.count, "dtype": source.dtype},
             "build_seconds": round(time.perf_counter() - started, 3),
         }
-        atomic_write_json(building / MANIFEST_NAME, manifest)
         if out_dir.exists() and not overwrite:
             raise RablipError(f"{out_dir} already exists; choose another --out or pass overwrite.")
-        replace_directory(building, out_dir, building.with_name(building.name + ".old"))
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+        build.commit(manifest)
     return out_dir
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from rablip.data import prompts
 from rablip.data.records import KBItem
-from rablip.retrieval.batches import RetrievalBatcher
+from rablip.models import prompts
+from rablip.models.retrieval_processing import RetrievalBatcher
 
 ImageRef = Path | bytes | None
 LoadImage = Callable[[object, str | None], Image.Image | None]

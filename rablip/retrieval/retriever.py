@@ -35,7 +35,7 @@ from rablip.config.schema import Config
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.errors import RablipError
-from rablip.models.fusion import TokenSequence
+from rablip.models.fusion_layers import TokenSequence
 from rablip.models.rerank import FusionReranker
 from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.retrieval.groups import GROUPS, GroupIndexes, Hits
@@ -130,7 +130,7 @@ class Retriever:
             batch = self._query_batch(images[start:start + self.batch_size], texts[start:start + self.batch_size])
             with self._autocast():
                 out.append(self.encoder.encode_queries(batch).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.encoder.fusion.config.embed_dim), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.encoder.fusion.embed_dim), np.float32)
 
     def search(self, groups: tuple[str, ...], images: Sequence[Image.Image | None], texts: Sequence[str],
                k: int) -> Hits:

@@ -8,7 +8,10 @@ A shard directory holds, for each shard ``shard_XXXXX``:
 and ``shards.json``, the manifest listing the finished shards (name, rows), the width, the dtype and
 the fingerprint of the encoder that produced them. Every file is written to a temporary name and
 renamed into place (ids first, the array last), and the manifest is rewritten atomically after the
-shard files exist, so a shard whose write was interrupted is never listed.
+shard files exist (:func:`rablip.utils.artefacts.write_manifest`), so a shard whose write was
+interrupted is never listed. Shards are written where they are read, not built beside and renamed:
+finished shards are kept across a crash (a resumed encoding skips them), several processes write
+into one directory, and a manifest stays true while a shard is added.
 
 :func:`open_embeddings` opens either such a directory or a single ``.npy`` file (with an optional
 ids file; without one the ids are the row numbers) as an :class:`EmbeddingSource`: the arrays are
@@ -27,7 +30,8 @@ import numpy as np
 
 from rablip.errors import DataError
 from rablip.retrieval.idmap import IdMap, check_ids_writable
-from rablip.utils.io import atomic_write, atomic_write_json, read_json
+from rablip.utils.artefacts import write_manifest
+from rablip.utils.io import atomic_write, read_json
 
 MANIFEST_NAME = "shards.json"
 SHARDS_FORMAT = "rablip-embedding-shards"
@@ -122,9 +126,7 @@ def write_shards_manifest(directory: str | os.PathLike, *, encoder_fingerprint: 
         "count": sum(entry["rows"] for entry in entries),
         "shards": entries,
     }
-    path = directory / MANIFEST_NAME
-    atomic_write_json(path, manifest)
-    return path
+    return write_manifest(directory, MANIFEST_NAME, manifest)
 
 
 @dataclass

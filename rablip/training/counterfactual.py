@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from rablip.data.collate import pick_answer
 from rablip.data.records import KBItem, QAExample
+from rablip.data.samples import pick_answer
 from rablip.errors import ConfigError
 
 

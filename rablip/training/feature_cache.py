@@ -5,7 +5,7 @@ While the vision tower is frozen, an item image's patch features (the vision mod
 ``last_hidden_state``, which the Q-Former cross-attends to) never change, yet fine-tuning would
 recompute them for each of the k references of every example at every step. The cache keeps them
 as rows of a ``(items, patches, width)`` float16 ``.npy`` file read with ``mmap_mode="r"``; the
-collator hands them to the model as ``image_embeds`` (see :mod:`rablip.data.collate`).
+collator hands them to the model as ``image_embeds`` (see :mod:`rablip.models.processing`).
 
 A cache directory (by default beside the KB store, ``<data.kb.store_dir>.vision_features``):
 
@@ -19,7 +19,8 @@ A cache is valid only under the key it was built with: a sha256 over the vision 
 manifest and root. :func:`open_or_build` rebuilds a cache whose key differs or whose files do not
 match its manifest; a stale or damaged cache is never used. A build writes into the sibling
 ``<dir>.building`` (recording its progress after every batch, so an interrupted build goes on
-from there under the same key) and renames the finished directory into place.
+from there under the same key) and renames the finished directory into place
+(:func:`rablip.utils.artefacts.build_beside`, the manifest written last).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rablip.config.schema import Config
-from rablip.data.collate import item_has_image
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
+from rablip.data.samples import item_has_image
 from rablip.errors import ConfigError, RablipError
-from rablip.utils.io import atomic_write_json, read_json, replace_directory
+from rablip.models.processor_files import image_size
+from rablip.utils.artefacts import build_beside
+from rablip.utils.io import atomic_write_json, read_json
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.feature_cache")
@@ -185,15 +188,6 @@ def image_item_rows(kb: KBStore) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
-def _processor_size(image_processor: Any) -> tuple[int, int]:
-    size = image_processor.size
-    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
-    width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
-    if not height or not width:
-        raise ConfigError(f"the image processor's size {size} has no height/width (BlipImageProcessor has both)")
-    return int(height), int(width)
-
-
 @torch.no_grad()
 def _encode(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device) -> np.ndarray:
     """The vision tower's patch features of ``pixels`` as float16 (refusing values float16 cannot hold)."""
@@ -236,7 +230,7 @@ class _Build:
         work.mkdir(parents=True)
         self.item_rows = image_item_rows(kb)
         np.save(work / ITEM_ROWS_FILE, self.item_rows)
-        height, width = _processor_size(image_processor)
+        height, width = image_size(image_processor)
         probe = _encode(model, torch.zeros(1, 3, height, width), device)
         shape = (len(self.item_rows), *probe.shape[1:])
         self.features = np.lib.format.open_memmap(work / FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)
@@ -253,12 +247,11 @@ class _Build:
                                                       "rows_done": self.done})
 
 
-def _move_into_place(work: Path, directory: Path) -> None:
-    """Rename the finished build onto ``directory``; an old cache is renamed aside, then deleted."""
+def _check_replaceable(directory: Path) -> None:
+    """Refuse to build over a non-empty directory that is not a feature cache (has no manifest)."""
     if directory.exists() and not (directory / MANIFEST_NAME).is_file() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty and holds no {MANIFEST_NAME}: it is not a feature cache, so "
                           "it will not be replaced. Choose another train.feature_cache_dir.")
-    replace_directory(work, directory, directory.with_name(directory.name + ".old"))
 
 
 def build_feature_cache(directory: str | os.PathLike, model: torch.nn.Module, image_processor: Any, kb: KBStore,
@@ -271,6 +264,7 @@ def build_feature_cache(directory: str | os.PathLike, model: torch.nn.Module, im
     ``batch_size`` images go through the tower at a time on ``device`` (default: where the tower is).
     """
     directory = Path(directory)
+    _check_replaceable(directory)
     device = torch.device(device) if device is not None else next(model.vision_model.parameters()).device
     home = next(model.vision_model.parameters()).device
     was_training = model.vision_model.training
@@ -279,36 +273,38 @@ def build_feature_cache(directory: str | os.PathLike, model: torch.nn.Module, im
     work = directory.with_name(directory.name + ".building")
     loader = ImageLoader(kb.root, on_bad_image)
     try:
-        build = _Build(work, key, kb, model, image_processor, device)
-        total = len(build.item_rows)
-        with tqdm(total=total, initial=build.done, disable=not show_progress, desc="feature cache",
-                  unit=" images") as bar:
-            while build.done < total:
-                stop = min(total, build.done + batch_size)
-                store_rows = build.item_rows[build.done:stop]
-                items = kb.get_many(kb.ids_at(store_rows))
-                images = [loader.load(item.image, item.id) for item in items]
-                kept = [i for i, image in enumerate(images) if image is not None]
-                block = np.zeros((stop - build.done, *build.features.shape[1:]), dtype=np.float16)
-                if kept:
-                    pixels = image_processor(images=[images[i] for i in kept], return_tensors="pt")["pixel_values"]
-                    block[kept] = _encode(model, pixels, device)
-                build.features[build.done:stop] = block
-                for offset, store_row in enumerate(store_rows):
-                    build.rows[store_row] = build.done + offset if images[offset] is not None else -1
-                bar.update(stop - build.done)
-                build.done = stop
-                build.save_progress(key)
-        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key.digest, "key_parts": key.parts,
-                    "shape": list(build.features.shape), "dtype": "float16", "images": total,
-                    "skipped_images": len(loader.report().skipped), "store_items": len(kb),
-                    "built_seconds": round(time.monotonic() - started, 3)}
-        del build  # close the memory maps before the files move
-        for name in (PROGRESS_FILE, ITEM_ROWS_FILE):
-            (work / name).unlink()
-        manifest["file_bytes"] = {name: _file_size(work / name) for name in (FEATURES_FILE, ROWS_FILE)}
-        atomic_write_json(work / MANIFEST_NAME, manifest)  # last: its presence marks the cache finished
-        _move_into_place(work, directory)
+        # A fixed work directory, kept when the build is interrupted: the next build resumes there.
+        with build_beside(directory, MANIFEST_NAME, work=work,
+                          aside=directory.with_name(directory.name + ".old")) as artefact:
+            build = _Build(artefact.path, key, kb, model, image_processor, device)
+            total = len(build.item_rows)
+            with tqdm(total=total, initial=build.done, disable=not show_progress, desc="feature cache",
+                      unit=" images") as bar:
+                while build.done < total:
+                    stop = min(total, build.done + batch_size)
+                    store_rows = build.item_rows[build.done:stop]
+                    items = kb.get_many(kb.ids_at(store_rows))
+                    images = [loader.load(item.image, item.id) for item in items]
+                    kept = [i for i, image in enumerate(images) if image is not None]
+                    block = np.zeros((stop - build.done, *build.features.shape[1:]), dtype=np.float16)
+                    if kept:
+                        pixels = image_processor(images=[images[i] for i in kept], return_tensors="pt")["pixel_values"]
+                        block[kept] = _encode(model, pixels, device)
+                    build.features[build.done:stop] = block
+                    for offset, store_row in enumerate(store_rows):
+                        build.rows[store_row] = build.done + offset if images[offset] is not None else -1
+                    bar.update(stop - build.done)
+                    build.done = stop
+                    build.save_progress(key)
+            manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key.digest, "key_parts": key.parts,
+                        "shape": list(build.features.shape), "dtype": "float16", "images": total,
+                        "skipped_images": len(loader.report().skipped), "store_items": len(kb),
+                        "built_seconds": round(time.monotonic() - started, 3)}
+            del build  # close the memory maps before the files move
+            for name in (PROGRESS_FILE, ITEM_ROWS_FILE):
+                (work / name).unlink()
+            manifest["file_bytes"] = {name: _file_size(work / name) for name in (FEATURES_FILE, ROWS_FILE)}
+            artefact.commit(manifest)  # the manifest last (its presence marks the cache finished), then the rename
     finally:
         model.vision_model.to(home).train(was_training)
     log.info("feature cache of %d item images built at %s in %.1f s", total, directory, time.monotonic() - started)

@@ -51,8 +51,8 @@ def _record_to_item(record: dict):
 
 def child_build_rablip(work: Path, count: int) -> dict:
     """Streamed build: the JSONL reader feeding build_kb_store."""
-    from rablip.data.kb import build_kb_store
     from rablip.data.kb_sources import iter_kb_jsonl
+    from rablip.data.kb_writer import build_kb_store
 
     started = time.perf_counter()
     build_kb_store(iter_kb_jsonl(work / "kb.jsonl"), work / "store_rablip", total=count, show_progress=False)

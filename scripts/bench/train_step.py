@@ -37,11 +37,13 @@ from transformers import BlipImageProcessor, InstructBlipForConditionalGeneratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rablip.data.collate import Collator, make_qa_sample  # noqa: E402
 from rablip.data.images import ImageLoader  # noqa: E402
-from rablip.data.kb import KBStore, build_kb_store  # noqa: E402
+from rablip.data.kb import KBStore  # noqa: E402
+from rablip.data.kb_writer import build_kb_store  # noqa: E402
 from rablip.data.records import KBItem, QAExample  # noqa: E402
+from rablip.data.samples import make_qa_sample  # noqa: E402
 from rablip.models import RABlipForConditionalGeneration  # noqa: E402
+from rablip.models.processing import Collator  # noqa: E402
 from rablip.synthetic.build import build_tiny_checkpoint  # noqa: E402
 from rablip.synthetic.tokenizer_training import train_tokenizer  # noqa: E402
 from rablip.training.feature_cache import open_or_build  # noqa: E402

@@ -13,8 +13,9 @@ import pytest
 
 from rablip.config.schema import KBConfig
 from rablip.data import kb_index
-from rablip.data.kb import MANIFEST_NAME, KBStore, build_kb_store
+from rablip.data.kb import MANIFEST_NAME, KBStore
 from rablip.data.kb_build import build_kb_from_config
+from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
 from rablip.errors import ConfigError, DataError
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from rablip.data import prompts
+from rablip.models import prompts
 from rablip.synthetic.entities import sample_entities
 from rablip.synthetic.llm_warmup import answer_loss, tokenize_pairs, warm_up_language_model
 from rablip.synthetic.questions import TEMPLATES

@@ -15,15 +15,15 @@ from transformers import (
     InstructBlipVisionModel,
 )
 
-from rablip.errors import RablipError
-from rablip.models.fusion import (
-    CONFIG_FILE,
+from rablip.config.schema import FusionConfig
+from rablip.errors import ConfigError, RablipError
+from rablip.models.fusion import MultimodalRetrievalEncoder
+from rablip.models.fusion_checkpoint import CONFIG_FILE
+from rablip.models.fusion_layers import (
     TEXT,
     VISION,
     VISION_LANGUAGE,
-    FusionConfig,
     FusionEncoder,
-    MultimodalRetrievalEncoder,
     TokenSequence,
 )
 from rablip.models.vision import TimmVisionEncoder
@@ -63,7 +63,7 @@ def build_tiny_encoder(seed: int = 0, timm_vision: bool = False, **fusion_kwargs
     )
     query_tokens = nn.Parameter(torch.randn(1, NUM_QUERIES, 32) * 0.02)
     config = FusionConfig(
-        **{"num_layers": 2, "num_heads": 4, "embed_dim": 16, "vl_expert_layers": 1, **fusion_kwargs}
+        **{"layers": 2, "heads": 4, "dim": 16, "vl_expert_layers": 1, **fusion_kwargs}
     )
     encoder = MultimodalRetrievalEncoder(vision, query_tokens, qformer, FusionEncoder(config, 32))
     return encoder.eval()
@@ -174,7 +174,7 @@ def test_expert_routing_by_modality():
 
 
 def test_expert_ids_follow_the_documented_rule():
-    fusion = FusionEncoder(FusionConfig(num_layers=3, num_heads=4, vl_expert_layers=1, embed_dim=8), 32)
+    fusion = FusionEncoder(FusionConfig(layers=3, heads=4, vl_expert_layers=1, dim=8), 32)
     modality = torch.tensor([[VISION, VISION, TEXT], [VISION, VISION, TEXT], [VISION, VISION, TEXT]])
     mask = torch.tensor([[True, True, False], [False, False, True], [True, True, True]])
     seq = TokenSequence(torch.zeros(3, 3, 32), modality, mask, torch.zeros(3, 3, dtype=torch.long))
@@ -197,10 +197,10 @@ def test_rows_without_any_token_are_rejected():
 
 
 def test_fusion_config_checks():
-    with pytest.raises(ValueError, match="vl_expert_layers"):
-        FusionConfig(num_layers=2, vl_expert_layers=3)
-    with pytest.raises(ValueError, match="num_heads"):
-        FusionConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ConfigError, match="vl_expert_layers"):
+        FusionConfig(layers=2, vl_expert_layers=3)
+    with pytest.raises(ConfigError, match="num_heads"):
+        FusionEncoder(FusionConfig(heads=4), 30)
 
 
 @pytest.mark.parametrize("timm_vision", [False, True], ids=["instructblip_vit", "timm"])
@@ -232,3 +232,21 @@ def test_load_rejects_mismatched_weights(tmp_path):
         MultimodalRetrievalEncoder.from_pretrained(tmp_path / "enc")
     with pytest.raises(RablipError, match="does not exist"):
         MultimodalRetrievalEncoder.from_pretrained(tmp_path / "missing")
+
+
+def test_saved_fusion_section_keeps_its_layout(tmp_path):
+    """Encoders saved before the one fusion config load, and re-saving writes the same section."""
+    build_tiny_encoder().save_pretrained(tmp_path / "enc")
+    meta = json.loads((tmp_path / "enc" / CONFIG_FILE).read_text())
+    assert meta["fusion"] == {"num_layers": 2, "hidden_size": None, "num_heads": 4, "mlp_ratio": 4.0,
+                              "vl_expert_layers": 1, "embed_dim": 16, "dropout": 0.0, "layer_norm_eps": 1e-6}
+    assert MultimodalRetrievalEncoder.from_pretrained(tmp_path / "enc").fusion.config == FusionConfig(
+        layers=2, heads=4, dim=16, vl_expert_layers=1)
+
+
+def test_a_bad_fusion_shape_is_a_config_error_naming_the_key():
+    from rablip.config import load_config
+
+    with pytest.raises(ConfigError, match=r"model\.fusion\.vl_expert_layers.*command line"):
+        load_config(None, ["model.fusion.layers=2", "model.fusion.vl_expert_layers=3"])
+    assert load_config(None, []).model.fusion.heads == 4

@@ -130,7 +130,7 @@ def embeddings_file(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("target, after", [
     ("faiss.write_index", True),  # index.faiss written, no manifest yet
-    ("rablip.retrieval.index.replace_directory", False),  # complete, not yet renamed into place
+    ("rablip.utils.artefacts.replace_directory", False),  # complete, not yet renamed into place
 ])
 def test_sigkill_during_index_build_leaves_nothing_that_loads(tmp_path, embeddings_file, target, after):
     out = tmp_path / "index"

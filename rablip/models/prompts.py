@@ -1,10 +1,11 @@
 """Every prompt template rablip uses, as plain format strings with one small function each.
 
-The LLM reads ``[question image] [reference 1] ... [reference k] [prompt]`` (see collate); this
-module writes the text parts: one line per reference (``qa`` style for answering, ``select`` style
-for ASKG's relevance selection), the final prompt (the QA prompt or the selection prompt, both
-ending with the answer prefix so generation continues from it), the selection target
-(``Reference N``) and the Q-Former instruction of each image slot. No tokenization happens here.
+The LLM reads ``[question image] [reference 1] ... [reference k] [prompt]`` (packed into token ids
+by :mod:`rablip.models.prompt_packing`); this module writes the text parts: one line per reference
+(``qa`` style for answering, ``select`` style for ASKG's relevance selection), the final prompt (the
+QA prompt or the selection prompt, both ending with the answer prefix so generation continues from
+it), the selection target (``Reference N``) and the Q-Former instruction of each image slot (the
+fusion encoder's item texts use :func:`item_caption` too). No tokenization happens here.
 """
 
 from __future__ import annotations

@@ -1,38 +1,56 @@
-"""Tensor batches for the retrieval encoder: knowledge items and (image, question) queries.
+"""The fusion encoder's processor: tensor batches of knowledge items and (image, question) queries.
 
 The layout is what :class:`rablip.models.fusion.MultimodalRetrievalEncoder` reads: ``pixel_values``
 (N,3,H,W), ``image_mask`` (N,) and the Q-Former tokenizer's ``qformer_input_ids`` /
 ``qformer_attention_mask`` (N,T) of the item text or the question (an all-zero mask row: no text).
+The tokenizer and image processor are those of the generator's base checkpoint (the ones
+pre-training used), found by :func:`rablip.models.processor_files.processor_dir`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BlipImageProcessor
+from transformers import BlipImageProcessor
 
-from rablip.data import prompts
 from rablip.data.records import KBItem
+from rablip.models import prompts
+from rablip.models.processor_files import (
+    QFORMER_TOKENIZER_DIR,
+    image_size,
+    load_image_processor,
+    load_tokenizer,
+    processor_dir,
+)
 
 
 class RetrievalBatcher:
     """Tokenizes texts with the Q-Former tokenizer and preprocesses images for the encoder."""
 
     def __init__(self, qformer_tokenizer, image_processor: BlipImageProcessor, max_length: int = 64) -> None:
+        """``max_length``: texts are cut to this many Q-Former tokens. ConfigError when the image
+        processor's size has no height and width."""
         self.tokenizer = qformer_tokenizer
         self.image_processor = image_processor
         self.max_length = max_length
-        size = image_processor.size
-        self.height, self.width = size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge"))
+        self.height, self.width = image_size(image_processor)
 
     @classmethod
-    def from_pretrained(cls, qformer_tokenizer_dir: str | Path, image_processor_dir: str | Path,
+    def from_pretrained(cls, qformer_tokenizer_dir: str | os.PathLike, image_processor_dir: str | os.PathLike,
                         max_length: int = 64) -> RetrievalBatcher:
-        return cls(AutoTokenizer.from_pretrained(str(qformer_tokenizer_dir)),
-                   BlipImageProcessor.from_pretrained(str(image_processor_dir)), max_length)
+        """Load the Q-Former tokenizer and the ``BlipImageProcessor`` from local dirs."""
+        return cls(load_tokenizer(qformer_tokenizer_dir, "Q-Former tokenizer"),
+                   load_image_processor(image_processor_dir), max_length)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, max_length: int = 64) -> RetrievalBatcher:
+        """The processors of generator checkpoint ``checkpoint`` (or of its base checkpoint, for a
+        trainable-only one); ConfigError when it has none."""
+        directory = processor_dir(checkpoint)
+        return cls.from_pretrained(directory / QFORMER_TOKENIZER_DIR, directory, max_length)
 
     def pixels(self, images: Sequence[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """``pixel_values`` (N,3,H,W), zeros where the image is None, and the (N,) image mask."""

@@ -1,4 +1,5 @@
-"""Collate and prompt templates: the model batch contract for both LLM families."""
+"""The generator's processor (Collator), sample assembly and prompt templates: the model batch contract
+for both LLM families."""
 
 from __future__ import annotations
 
@@ -10,19 +11,14 @@ import torch
 from PIL import Image
 from transformers import BlipImageProcessor
 
-from rablip.data import prompts
-from rablip.data.collate import (
-    IGNORE_INDEX,
-    Collator,
-    build_qa_samples,
-    collate,
-    make_qa_sample,
-    make_selection_sample,
-    pick_answer,
-)
 from rablip.data.images import ImageLoader
+from rablip.data.kb import KBStore
+from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem, QAExample
+from rablip.data.samples import make_qa_sample, make_selection_sample, pick_answer
 from rablip.errors import ConfigError, DataError
+from rablip.models import prompts
+from rablip.models.processing import IGNORE_INDEX, Collator
 from rablip.synthetic.tokenizer_training import train_tokenizer
 
 NUM_QUERY = 4
@@ -252,7 +248,7 @@ def test_truncation_shortens_references_but_keeps_question_and_images(saved, fam
         full_length -= int((untruncated["labels"][0] != IGNORE_INDEX).sum())
     limit = full_length // 2
     collator = _collator(saved, family, max_input_length=limit)
-    with caplog.at_level(logging.WARNING, logger="rablip.data.collate"):
+    with caplog.at_level(logging.WARNING, logger="rablip.models.prompt_packing"):
         batch = collator([sample])
     assert any("truncated" in record.message for record in caplog.records)
     ids = _real(batch, 0)
@@ -283,7 +279,7 @@ def test_selection_samples_targets_weights_and_descriptions(saved, family):
     example = _example()
     qa = make_qa_sample(example, ITEMS[:2], _load)
     select = make_selection_sample(example, [ITEMS[1], ITEMS[0]], 1, 0.1, _load)
-    assert select.target == "Reference 2" and select.kind == "select"
+    assert select.relevant == 2 and select.target is None and select.kind == "select"
     batch = collator([qa, select])
     assert torch.allclose(batch["sample_weight"], torch.tensor([1.0, 0.1]))
     assert torch.equal(batch["sample_kind"], torch.tensor([0, 1]))
@@ -351,7 +347,7 @@ def test_slots_padded_to_max_references_and_extra_references_dropped(saved, capl
     assert batch["pixel_values"].shape[1] == 5 and batch["qformer_input_ids"].shape[1] == 5
     assert batch["image_slot_mask"][0].tolist() == [True, True, False, False, False]
     capped = _collator(saved, "t5", max_references=1)
-    with caplog.at_level(logging.WARNING, logger="rablip.data.collate"):
+    with caplog.at_level(logging.WARNING, logger="rablip.models.prompt_packing"):
         batch = capped([make_qa_sample(_example(), ITEMS, _load)])
     assert batch["pixel_values"].shape[1] == 2
     assert "Reference 2" not in saved["tokenizers"]["t5"].decode(_real(batch, 0))
@@ -395,37 +391,31 @@ def test_bad_settings_raise_config_errors(saved):
         _collator(saved, "t5", mode="eval")
 
 
-def test_collate_fetches_items_and_loads_real_image_files(saved, tmp_path):
+def test_samples_from_a_kb_store_load_real_image_files(saved, tmp_path):
+    """The real path: items fetched from a KB store by id, samples assembled, then processed."""
     (tmp_path / "questions").mkdir()
     (tmp_path / "kb").mkdir()
     _image(10).save(tmp_path / "questions" / "q.png")
     _image(250).save(tmp_path / "kb" / "bus.png")
     _image(90).save(tmp_path / "kb" / "cat.png")
-    store = {item.id: item for item in ITEMS}
-    lookups = []
-
-    def get_items(ids: list[str]) -> list[KBItem]:
-        lookups.append(ids)
-        return [store[item_id] for item_id in ids]
-
-    question_loader, kb_loader = ImageLoader(tmp_path / "questions"), ImageLoader(tmp_path / "kb")
+    build_kb_store(iter(ITEMS), tmp_path / "store", kb_root=tmp_path / "kb", show_progress=False)
+    store = KBStore.open(tmp_path / "store")
+    question_loader, kb_loader = ImageLoader(tmp_path / "questions"), ImageLoader(store.root)
     examples = [_example(), _example(image=None, answers=["blue"])]
-    batch = collate(
-        examples,
-        [["cat", "tower", "bus"], []],
-        get_items=get_items,
-        load_image=question_loader.load,
-        load_item_image=kb_loader.load,
-        collator=_collator(saved, "t5"),
-    )
-    assert lookups == [["cat", "tower", "bus"], []]
+    fetched = [store.get_many(ids) for ids in (["cat", "tower", "bus"], [])]
+    assert [[item.id for item in items] for items in fetched] == [["cat", "tower", "bus"], []]
+    samples = [
+        make_qa_sample(example, items, question_loader.load, load_item_image=kb_loader.load)
+        for example, items in zip(examples, fetched, strict=True)
+    ]
+    batch = _collator(saved, "t5")(samples)
     assert batch["image_slot_mask"].tolist() == [[True, True, False, True], [False, False, False, False]]
     assert kb_loader.report().loaded == 2 and question_loader.report().loaded == 1
     # Brighter source pixels stay brighter after normalisation: slot order follows the id order.
     means = batch["pixel_values"][0].mean(dim=(1, 2, 3))
     assert means[0] < means[1] < means[3]
-    with pytest.raises(DataError, match="one item per id"):
-        build_qa_samples(examples[:1], [["cat", "bus"]], lambda ids: [store["cat"]], question_loader.load)
+    with pytest.raises(DataError, match="not in the knowledge-base store"):
+        store.get_many(["cat", "missing"])
     with pytest.raises(DataError, match="does not exist"):
         make_qa_sample(_example(image="missing.png"), [], question_loader.load)
 

@@ -1,0 +1,256 @@
+"""Prompt packing: one :class:`~rablip.data.samples.Sample` to one row of LLM token ids (and labels),
+its slot images or precomputed features, and the Q-Former instruction of each slot.
+
+A row is ``[question image tokens] [prefix specials] ([ref image tokens] ref line separator)*
+prompt [suffix specials]`` with ``num_query_tokens`` image tokens per real image slot; the text comes
+from :mod:`rablip.models.prompts`. Decoder-only models: the target and EOS follow the prompt, and the
+labels are -100 except on them; encoder-decoder models: the labels are the target and EOS alone.
+
+Truncation never cuts an image token or the prompt (which holds the question). When a row is longer
+than ``max_input_length``, reference texts are shortened first: every reference line is capped at
+the same length (its ``Reference N:`` label always kept), the largest cap that fits; a warning is
+logged the first time it happens. A row that does not fit even then raises DataError. The target is
+cut to ``max_target_length`` tokens including EOS.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from rablip.data.samples import Reference, Sample
+from rablip.errors import ConfigError, DataError
+from rablip.models import prompts
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# What separates the answer prefix ("Short answer:") from the answer in a decoder-only row.
+ANSWER_SEPARATOR = " "
+
+
+def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The special-token ids the tokenizer puts before and after a text (e.g. ``[<s>]``, ``[</s>]``)."""
+    probe = "reference"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise ConfigError(
+        f"cannot tell which special tokens tokenizer {type(tokenizer).__name__} adds around a text"
+    )
+
+
+def _fit_cap(lengths: list[int], floors: list[int], budget: int) -> int:
+    """The largest cap c with sum(max(floor, min(length, c))) <= budget (budget >= sum(floors))."""
+    low, high = 0, max(lengths, default=0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(max(f, min(n, middle)) for n, f in zip(lengths, floors, strict=True)) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@dataclass
+class PackedRow:
+    """One packed row: LLM ids, its labels (None without a target), slot images or precomputed
+    features (one of the two, or neither, per slot; slot 0 is the question image) and the Q-Former
+    instruction of each slot."""
+
+    input_ids: list[int]
+    labels: list[int] | None
+    images: list[Image.Image | None]
+    instructions: list[str]
+    features: list[torch.Tensor | None]
+
+
+class PromptPacker:
+    """Packs samples into rows for one LLM tokenizer and one set of length limits."""
+
+    def __init__(
+        self,
+        llm_tokenizer,
+        *,
+        num_query_tokens: int,
+        is_encoder_decoder: bool,
+        max_references: int,
+        max_input_length: int,
+        max_target_length: int,
+        image_token: str = "<image>",
+        answer_from_choices: bool = False,
+    ) -> None:
+        """``max_input_length`` bounds the LLM input without the target (a decoder-only row can reach
+        max_input_length + max_target_length tokens); ``max_target_length`` counts EOS.
+        ``max_references``: later references of a QA sample are dropped (a warning is logged).
+        ``answer_from_choices``: list a sample's options in the QA prompt. ConfigError when a setting
+        is out of range or the tokenizer lacks ``image_token`` or an EOS token."""
+        for name, value, least in (
+            ("num_query_tokens", num_query_tokens, 1),
+            ("max_references", max_references, 0),
+            ("max_input_length", max_input_length, 1),
+            ("max_target_length", max_target_length, 1),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"collate: {name} must be an integer >= {least}, got {value!r}")
+        self.llm_tokenizer = llm_tokenizer
+        self.num_query_tokens = num_query_tokens
+        self.is_encoder_decoder = is_encoder_decoder
+        self.max_references = max_references
+        self.max_input_length = max_input_length
+        self.max_target_length = max_target_length
+        self.image_token = image_token
+        self.answer_from_choices = answer_from_choices
+        self.image_token_id = self._lookup_image_token()
+        self.prefix_ids, self.suffix_ids = _special_affixes(llm_tokenizer)
+        if not is_encoder_decoder:
+            self.suffix_ids = []  # a decoder-only prompt must end with the answer prefix
+        self.eos_id = llm_tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ConfigError("collate: the LLM tokenizer has no eos_token; targets must end with EOS")
+        self.pad_id = llm_tokenizer.pad_token_id if llm_tokenizer.pad_token_id is not None else self.eos_id
+        self._warned: set[str] = set()
+
+    def fresh(self) -> PromptPacker:
+        """A copy (sharing the tokenizer) that has not warned yet."""
+        other = copy.copy(self)
+        other._warned = set()
+        return other
+
+    def _lookup_image_token(self) -> int:
+        token_id = self.llm_tokenizer.convert_tokens_to_ids(self.image_token)
+        encoded = self.llm_tokenizer(self.image_token, add_special_tokens=False)["input_ids"]
+        if token_id is None or token_id == self.llm_tokenizer.unk_token_id or encoded != [token_id]:
+            raise ConfigError(
+                f"the LLM tokenizer has no special token {self.image_token!r}; add it with "
+                "tokenizer.add_special_tokens({'additional_special_tokens': ['<image>']}) and save the tokenizer "
+                "(rablip.synthetic.tokenizer_training adds it), or set image_token to the one it has."
+            )
+        return token_id
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+    def _clean(self, text: str) -> str:
+        # An image-token string inside record text would add image positions the model cannot fill.
+        return text.replace(self.image_token, " ")
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def training_target(sample: Sample) -> str | None:
+        """The text a sample trains on: its answer, or for a selection sample ``Reference N`` naming
+        its relevant reference; None when an answering sample has none."""
+        return prompts.select_target(sample.relevant) if sample.kind == "select" else sample.target
+
+    def _references(self, sample: Sample) -> list[Reference]:
+        references = sample.references
+        if len(references) <= self.max_references:
+            return references
+        if sample.kind == "select":
+            raise DataError(
+                f"selection sample {sample.example_id!r} lists {len(references)} references, more than "
+                f"max_references={self.max_references}; its target could name a dropped reference."
+            )
+        self._warn_once(
+            "references",
+            f"sample {sample.example_id!r} has {len(references)} references; keeping the first "
+            f"max_references={self.max_references} (and likewise for later samples).",
+        )
+        return references[: self.max_references]
+
+    def _target_ids(self, prompt_text: str, prompt_ids: list[int], target: str) -> list[int]:
+        target = self._clean(target)
+        if self.is_encoder_decoder:
+            ids = self._tokens(target)
+        else:
+            # Tokenize the answer as a continuation of the prompt, as generation would produce it.
+            joined = self._tokens(prompt_text + ANSWER_SEPARATOR + target)
+            continues = joined[: len(prompt_ids)] == prompt_ids and len(joined) > len(prompt_ids)
+            ids = joined[len(prompt_ids) :] if continues else self._tokens(ANSWER_SEPARATOR + target)
+        return ids[: self.max_target_length - 1] + [self.eos_id]
+
+    def _reference_parts(self, sample: Sample, references: list[Reference], question: str):
+        """Per reference: its line's token ids, the label length truncation keeps, its image-token
+        block (empty without an image); and the Q-Former instruction of every slot."""
+        image_block = [self.image_token_id] * self.num_query_tokens
+        lines, floors, blocks, instructions = [], [], [], [prompts.qformer_instruction(question)]
+        for number, reference in enumerate(references, start=1):
+            has_image = reference.has_image
+            title, text = self._clean(reference.item.title), self._clean(reference.item.text)
+            instructions.append(
+                prompts.qformer_instruction(question, prompts.item_caption(title, text) if has_image else "")
+            )
+            if sample.kind == "select":
+                line = prompts.select_reference_line(number, has_image, title, text)
+            else:
+                line = prompts.qa_reference_line(number, title, text)
+            lines.append(self._tokens(line))
+            floors.append(len(self._tokens(prompts.reference_label(number))))
+            blocks.append(image_block if has_image else [])
+        return lines, floors, blocks, instructions
+
+    def _fit_lines(
+        self, sample: Sample, lines: list[list[int]], floors: list[int], fixed: int
+    ) -> list[list[int]]:
+        """Reference lines capped to one common length so that ``fixed`` + lines <= max_input_length."""
+        budget = self.max_input_length - fixed
+        if sum(len(line) for line in lines) <= budget:
+            return lines
+        if sum(floors) > budget:
+            raise DataError(
+                f"sample {sample.example_id!r} needs {fixed + sum(floors)} LLM tokens for its image tokens, "
+                f"reference labels and question prompt alone, more than max_input_length={self.max_input_length}. "
+                "Raise max_input_length, or lower max_references or num_query_tokens."
+            )
+        self._warn_once(
+            "truncate",
+            f"sample {sample.example_id!r}: reference texts were truncated to fit max_input_length="
+            f"{self.max_input_length} (the question and image tokens are kept; later rows likewise).",
+        )
+        cap = _fit_cap([len(line) for line in lines], floors, budget)
+        return [line[: max(floor, cap)] for line, floor in zip(lines, floors, strict=True)]
+
+    def pack(self, sample: Sample, target: str | None) -> PackedRow:
+        """One row: ``[question image] [prefix] ([ref image] ref line sep)* prompt [suffix]``, plus
+        ``target`` (labels; None: no labels)."""
+        references = self._references(sample)
+        question = self._clean(sample.question)
+        lines, floors, blocks, instructions = self._reference_parts(sample, references, question)
+        choices = (
+            [self._clean(c) for c in sample.choices] if self.answer_from_choices and sample.choices else None
+        )
+        prompt_text = (
+            prompts.select_prompt(question)
+            if sample.kind == "select"
+            else prompts.qa_prompt(question, choices)
+        )
+        prompt_ids = self._tokens(prompt_text)
+        question_block = [self.image_token_id] * self.num_query_tokens if sample.image is not None else []
+        separator_ids = self._tokens(prompts.REFERENCE_SEPARATOR)
+        fixed = len(question_block) + len(self.prefix_ids) + len(prompt_ids) + len(self.suffix_ids)
+        fixed += sum(len(block) + len(separator_ids) for block in blocks)
+        lines = self._fit_lines(sample, lines, floors, fixed)
+        input_ids = question_block + self.prefix_ids
+        for block, line in zip(blocks, lines, strict=True):
+            input_ids += block + line + separator_ids
+        input_ids += prompt_ids + self.suffix_ids
+        labels = None
+        if target is not None:
+            target_ids = self._target_ids(prompt_text, prompt_ids, target)
+            if self.is_encoder_decoder:
+                labels = target_ids
+            else:
+                labels = [IGNORE_INDEX] * len(input_ids) + target_ids
+                input_ids = input_ids + target_ids
+        images = [sample.image] + [None if r.features is not None else r.image for r in references]
+        return PackedRow(input_ids, labels, images, instructions, [None] + [r.features for r in references])
