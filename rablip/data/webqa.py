@@ -1,7 +1,8 @@
-"""WebQA: ``WebQA_train_val.json`` / ``WebQA_test.json`` questions and facts, and ``imgs.tsv`` images.
+"""WebQA's knowledge: the facts of ``WebQA_train_val.json`` / ``WebQA_test.json`` and the ``imgs.tsv`` images.
 
-The JSON files are objects keyed by Guid. A train/val record carries ``Q``, ``A`` (list),
-``Keywords_A``, ``Qcate``, ``split``, ``txt_posFacts`` / ``txt_negFacts`` (``{fact, url,
+The questions are read by :mod:`rablip.benchmarks.webqa` with the record helpers here. The JSON
+files are objects keyed by Guid. A train/val record carries ``Q``, ``A`` (list), ``Keywords_A``,
+``Qcate``, ``split``, ``txt_posFacts`` / ``txt_negFacts`` (``{fact, url,
 snippet_id, title}``) and ``img_posFacts`` / ``img_negFacts`` (``{image_id, title, caption, url,
 imgUrl}``); test records have unlabelled ``txt_Facts`` / ``img_Facts`` and no answers. WebQA
 questions have no image of their own: the question is text, the sources are images and texts.
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rablip.data.records import KBItem, QAExample
+from rablip.data.records import KBItem
 from rablip.errors import DataError
 from rablip.utils.io import check_type, read_json, require_keys
 
@@ -29,7 +30,6 @@ TEXT_FACT_KEYS = {"snippet_id": str, "fact": str}
 IMAGE_FACT_KEYS = {"image_id": int, "caption": str}
 LABELLED_FACT_LISTS = ("txt_posFacts", "img_posFacts", "txt_negFacts", "img_negFacts")
 UNLABELLED_FACT_LISTS = ("txt_Facts", "img_Facts")
-_NOT_EXTRA = {"Q", "A", "Qcate", *LABELLED_FACT_LISTS, *UNLABELLED_FACT_LISTS}
 
 
 class ImageTSV:
@@ -180,14 +180,7 @@ def _as_image_id(value: Any, where: str) -> int:
         raise DataError(f"{where}: image id must be an integer, got {value!r}.") from None
 
 
-def _unquote(text: str) -> str:
-    """WebQA wraps questions and answers in literal double quotes; drop one wrapping pair."""
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        return text[1:-1]
-    return text
-
-
-def _fact_list(record: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+def fact_list(record: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
     """The validated facts under ``key`` (empty when the record lacks it)."""
     facts = record.get(key, [])
     check_type(facts, list, where, key)
@@ -200,11 +193,13 @@ def _fact_list(record: dict[str, Any], key: str, where: str) -> list[dict[str, A
     return facts
 
 
-def _fact_id(fact: dict[str, Any]) -> str:
+def fact_id(fact: dict[str, Any]) -> str:
+    """A fact's KB id: a text fact's ``snippet_id``, an image fact's ``image_id`` as a string."""
     return fact["snippet_id"] if "snippet_id" in fact else str(fact["image_id"])
 
 
-def _records(json_path: Path) -> dict[str, Any]:
+def read_records(json_path: Path) -> dict[str, Any]:
+    """The records of a WebQA JSON file (an object keyed by Guid)."""
     what = "WebQA file"
     document = read_json(json_path, what)
     if not isinstance(document, dict):
@@ -214,60 +209,13 @@ def _records(json_path: Path) -> dict[str, Any]:
     return document
 
 
-def _in_split(record: dict[str, Any], split: str | None, where: str) -> bool:
+def in_split(record: dict[str, Any], split: str | None, where: str) -> bool:
+    """Whether ``record`` belongs to ``split`` (every record when None); a record without ``split`` is an error."""
     if split is None:
         return True
     if "split" not in record:
         raise DataError(f"{where}: no 'split' key to filter on; load this file without split=.")
     return record["split"] == split
-
-
-def _to_example(guid: str, record: Any, where: str) -> QAExample:
-    require_keys(record, {"Q": str}, where)
-    raw_answers = record.get("A", [])
-    check_type(raw_answers, list, where, "A")
-    for position, answer in enumerate(raw_answers):
-        check_type(answer, str, where, f"A[{position}]")
-    if "Qcate" in record:
-        check_type(record["Qcate"], str, where, "Qcate")
-    labelled = any(key in record for key in LABELLED_FACT_LISTS)
-    positives = _fact_list(record, "txt_posFacts", where) + _fact_list(record, "img_posFacts", where)
-    negatives = _fact_list(record, "txt_negFacts", where) + _fact_list(record, "img_negFacts", where)
-    candidates = _fact_list(record, "txt_Facts", where) + _fact_list(record, "img_Facts", where)
-    extra = {key: value for key, value in record.items() if key not in _NOT_EXTRA}
-    extra["raw_question"] = record["Q"]
-    extra["raw_answers"] = list(raw_answers)
-    if labelled:
-        extra["negative_ids"] = [_fact_id(fact) for fact in negatives]
-    if candidates:
-        extra["candidate_ids"] = [_fact_id(fact) for fact in candidates]
-    return QAExample(
-        id=guid,
-        image=None,
-        question=_unquote(record["Q"]),
-        answers=[_unquote(answer) for answer in raw_answers],
-        question_type=record.get("Qcate"),
-        relevant_ids=[_fact_id(fact) for fact in positives] if labelled else None,
-        extra=extra,
-    )
-
-
-def load_webqa(json_path: str | os.PathLike, split: str | None = None) -> list[QAExample]:
-    """Load WebQA questions in file order, keeping only records of ``split`` when given.
-
-    ``relevant_ids`` are the positive facts (text facts by ``snippet_id``, image facts by
-    ``str(image_id)``); ``extra`` holds ``negative_ids``, ``candidate_ids`` (test files),
-    ``Keywords_A``, ``split``, ``topic`` and the unstripped ``raw_question`` / ``raw_answers``.
-    ``image`` is None: WebQA questions have no image of their own.
-    """
-    json_path = Path(json_path)
-    examples = []
-    for guid, record in _records(json_path).items():
-        where = f"WebQA file {json_path}, record {guid!r}"
-        if isinstance(record, dict) and not _in_split(record, split, where):
-            continue
-        examples.append(_to_example(guid, record, where))
-    return examples
 
 
 def _kb_item(fact: dict[str, Any], images: ImageTSV | None, source: str) -> KBItem:
@@ -295,14 +243,14 @@ def load_webqa_kb(
     """
     json_path = Path(json_path)
     seen: set[str] = set()
-    for guid, record in _records(json_path).items():
+    for guid, record in read_records(json_path).items():
         where = f"WebQA file {json_path}, record {guid!r}"
         require_keys(record, {}, where)
-        if not _in_split(record, split, where):
+        if not in_split(record, split, where):
             continue
         for key in (*LABELLED_FACT_LISTS, *UNLABELLED_FACT_LISTS):
-            for fact in _fact_list(record, key, where):
-                fact_id = _fact_id(fact)
-                if fact_id not in seen:
-                    seen.add(fact_id)
+            for fact in fact_list(record, key, where):
+                item_id = fact_id(fact)
+                if item_id not in seen:
+                    seen.add(item_id)
                     yield _kb_item(fact, images, source)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rablip.errors import DataError
-from rablip.evaluation.predictions import check_prediction_ids, require_container, require_string
+from rablip.evaluation.predictions import known_predictions, require_container, require_string
 from rablip.utils.io import PathLike, check_type, read_json, record_location, require_keys
 
 PREDICTION_KEYS = ("multiple_choice", "direct_answer")
@@ -72,8 +72,13 @@ def load_aokvqa_answers(path: PathLike) -> list[AOKVQAQuestion]:
     return questions
 
 
-def read_aokvqa_predictions(path: PathLike, questions: Sequence[AOKVQAQuestion]) -> dict[str, dict[str, str]]:
-    """Read ``{question_id: {"multiple_choice": str, "direct_answer": str}}`` (either key may be absent)."""
+def read_aokvqa_predictions(path: PathLike, questions: Sequence[AOKVQAQuestion],
+                            strict: bool = False) -> dict[str, dict[str, str]]:
+    """Read ``{question_id: {"multiple_choice": str, "direct_answer": str}}`` (either key may be absent).
+
+    Ids the data lack are ignored with a warning, or refused when ``strict``
+    (:func:`~rablip.evaluation.predictions.check_prediction_ids`).
+    """
     document = read_json(path, "prediction file")
     require_container(document, dict, path, 'a JSON object {question_id: {"multiple_choice": ..., "direct_answer": ...}}')
     predictions: dict[str, dict[str, str]] = {}
@@ -87,8 +92,7 @@ def read_aokvqa_predictions(path: PathLike, questions: Sequence[AOKVQAQuestion])
         predictions[question_id] = {
             key: require_string(entry[key], path, record, key) for key in PREDICTION_KEYS if key in entry
         }
-    check_prediction_ids(list(predictions), [q.question_id for q in questions], path, "question_id")
-    return predictions
+    return known_predictions(predictions, [q.question_id for q in questions], path, "question_id", strict)
 
 
 def direct_answer_accuracy(prediction: str, direct_answers: Sequence[str]) -> float:
@@ -140,7 +144,7 @@ def score_aokvqa(questions: Sequence[AOKVQAQuestion], predictions: dict[str, dic
     }
 
 
-def score_aokvqa_files(data_path: PathLike, predictions_path: PathLike) -> dict:
-    """Read the data and prediction files and score them (see :func:`score_aokvqa`)."""
+def score_aokvqa_files(data_path: PathLike, predictions_path: PathLike, strict: bool = False) -> dict:
+    """Read the data and prediction files and score them (see :func:`score_aokvqa`; ``strict``: refuse unknown ids)."""
     questions = load_aokvqa_answers(data_path)
-    return score_aokvqa(questions, read_aokvqa_predictions(predictions_path, questions))
+    return score_aokvqa(questions, read_aokvqa_predictions(predictions_path, questions, strict))

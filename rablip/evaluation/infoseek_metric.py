@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rablip.errors import DataError
-from rablip.evaluation.predictions import add_unique, check_prediction_ids, require_string
+from rablip.evaluation.predictions import add_unique, known_predictions, require_string
 from rablip.utils.io import PathLike, iter_jsonl_with_lines, require_keys
 
 SPLITS = ("unseen_question", "unseen_entity")
@@ -171,8 +171,13 @@ def _aliases(answer_eval: object, where: str) -> list[str]:
     return list(values)
 
 
-def read_infoseek_predictions(path: PathLike, questions: Sequence[InfoSeekQuestion]) -> dict[str, str]:
-    """Read a JSONL of ``{"data_id": str, "prediction": str}``."""
+def read_infoseek_predictions(path: PathLike, questions: Sequence[InfoSeekQuestion],
+                              strict: bool = False) -> dict[str, str]:
+    """Read a JSONL of ``{"data_id": str, "prediction": str}``.
+
+    Ids the references lack are skipped with a warning as the official script does, or refused
+    when ``strict`` (:func:`~rablip.evaluation.predictions.check_prediction_ids`).
+    """
     predictions: dict[str, str] = {}
     for line, record in iter_jsonl_with_lines(path, "prediction file"):
         where = f"line {line}"
@@ -180,8 +185,7 @@ def read_infoseek_predictions(path: PathLike, questions: Sequence[InfoSeekQuesti
         require_keys(record, ["prediction"], f"prediction file {path}, {where}")
         prediction = require_string(record["prediction"], path, where, "prediction")
         add_unique(predictions, record["data_id"], prediction, path, where)
-    check_prediction_ids(list(predictions), [q.data_id for q in questions], path, "data_id")
-    return predictions
+    return known_predictions(predictions, [q.data_id for q in questions], path, "data_id", strict)
 
 
 def question_correct(question: InfoSeekQuestion, prediction: str) -> int:
@@ -233,10 +237,11 @@ def score_infoseek(
 
 
 def score_infoseek_files(
-    references_path: PathLike, predictions_path: PathLike, qtypes_path: PathLike | None = None
+    references_path: PathLike, predictions_path: PathLike, qtypes_path: PathLike | None = None,
+    strict: bool = False,
 ) -> dict:
-    """Read the files and score them (see :func:`score_infoseek`)."""
+    """Read the files and score them (see :func:`score_infoseek`; ``strict``: refuse unknown ids)."""
     question_types = read_question_types(qtypes_path) if qtypes_path is not None else None
     questions = load_infoseek_references(references_path, question_types)
-    predictions = read_infoseek_predictions(predictions_path, questions)
+    predictions = read_infoseek_predictions(predictions_path, questions, strict)
     return score_infoseek(questions, predictions, with_types=question_types is not None)

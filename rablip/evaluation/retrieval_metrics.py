@@ -1,8 +1,18 @@
-"""Retrieval metrics against relevance labels: recall@k, MRR, precision@k, WebQA-style source F1."""
+"""Retrieval metrics against relevance labels: recall@k, MRR, precision@k, WebQA-style source F1.
+
+:func:`evaluate_retrieval` scores ranked results against the examples' ``relevant_ids``; a
+benchmark adds its own metrics on top (WebQA's retrieval F1 of the chosen sources:
+:meth:`rablip.benchmarks.webqa.WebQA.retrieval_metrics`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from rablip.data.records import QAExample
+
+Retrieved = Sequence[tuple[str, float | None]]
+"""Ranked (item id, score) of one question."""
 
 
 def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
@@ -43,4 +53,27 @@ def retrieval_scores(ranked_per_question: Sequence[Sequence[str]], relevant_per_
     scores.update({f"precision@{k}": 100.0 * sum(precision_at_k(r, rel, k) for r, rel in pairs) / n for k in ks})
     scores["mrr"] = sum(reciprocal_rank(r, rel) for r, rel in pairs) / n
     scores["questions"] = n
+    return scores
+
+
+def ranked_and_relevant(results: Mapping[str, Retrieved], examples: Sequence[QAExample],
+                        ) -> tuple[list[list[str]], list[set[str]]]:
+    """Ranked ids and relevant ids of the examples that have ``relevant_ids`` (a question missing from
+    ``results`` retrieved nothing), in example order."""
+    labelled = [ex for ex in examples if ex.relevant_ids]
+    ranked = [[item_id for item_id, _ in results.get(ex.id, [])] for ex in labelled]
+    return ranked, [set(ex.relevant_ids) for ex in labelled]
+
+
+def evaluate_retrieval(results: Mapping[str, Retrieved], examples: Sequence[QAExample],
+                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """recall@k, precision@k (percent) and MRR of ``results`` (question id -> ranked (item id, score)).
+
+    Examples without ``relevant_ids`` are left out; one missing from ``results`` counts as retrieving
+    nothing (``questions_without_results`` says how many). Returns ``{}`` when no example is labelled.
+    """
+    ranked, relevant = ranked_and_relevant(results, examples)
+    scores = retrieval_scores(ranked, relevant, ks)
+    if scores:
+        scores["questions_without_results"] = sum(1 for ex in examples if ex.relevant_ids and not results.get(ex.id))
     return scores

@@ -13,6 +13,8 @@ Per question (``vqa_accuracy``):
 Totals (``score_vqa``): 100 x mean, rounded to 2 decimals, overall, per question type and per
 answer type; per-question values are ``round(100 * acc, 2)`` like the official ``evalQA`` table.
 Missing predictions count as 0 and are reported (the official ``loadRes`` would refuse the file).
+Predictions for ids the annotations lack are ignored with one warning, as the A-OKVQA and InfoSeek
+scripts do (``loadRes`` would refuse them; ``strict=True`` does).
 
 The optional lemmatization (BLIP-2/LAVIS practice, off by default, not part of the official metric)
 lemmatizes the prediction before step 1 with :mod:`rablip.evaluation.lemmatizer`.
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from rablip.errors import DataError
 from rablip.evaluation.lemmatizer import LEMMATIZER_NAME, lemmatize_text
-from rablip.evaluation.predictions import add_unique, check_prediction_ids, require_container, require_string
+from rablip.evaluation.predictions import add_unique, known_predictions, require_container, require_string
 from rablip.utils.io import PathLike, check_type, read_json, record_location, require_keys
 
 # The official contraction table, verbatim (including its oddities: capitalised keys that can never
@@ -208,8 +210,13 @@ def _question_ids(document: object, path: PathLike) -> set[int]:
     return ids
 
 
-def read_vqa_predictions(path: PathLike, questions: Sequence[VQAQuestion]) -> tuple[dict[int, str], list[int]]:
-    """Read a results file (list of ``{question_id:int, answer:str}``); return predictions and missing ids."""
+def read_vqa_predictions(path: PathLike, questions: Sequence[VQAQuestion],
+                         strict: bool = False) -> tuple[dict[int, str], list[int]]:
+    """Read a results file (list of ``{question_id:int, answer:str}``); return predictions and missing ids.
+
+    Ids the annotations lack are ignored with a warning, or refused when ``strict``
+    (:func:`~rablip.evaluation.predictions.check_prediction_ids`).
+    """
     document = read_json(path, "prediction file")
     require_container(document, list, path, 'a JSON list of {"question_id": int, "answer": str}')
     predictions: dict[int, str] = {}
@@ -219,8 +226,8 @@ def read_vqa_predictions(path: PathLike, questions: Sequence[VQAQuestion]) -> tu
         check_type(record["question_id"], int, f"prediction file {path}, {where}", "question_id")
         answer = require_string(record["answer"], path, where, "answer")
         add_unique(predictions, record["question_id"], answer, path, where)
-    missing = check_prediction_ids(list(predictions), [q.question_id for q in questions], path, "question_id")
-    return predictions, missing
+    predictions = known_predictions(predictions, [q.question_id for q in questions], path, "question_id", strict)
+    return predictions, [q.question_id for q in questions if q.question_id not in predictions]
 
 
 def score_vqa(
@@ -262,9 +269,10 @@ def score_vqa(
 
 
 def score_vqa_files(
-    questions_path: PathLike, annotations_path: PathLike, predictions_path: PathLike, lemmatize: bool = False
+    questions_path: PathLike, annotations_path: PathLike, predictions_path: PathLike, lemmatize: bool = False,
+    strict: bool = False,
 ) -> dict:
-    """Read the three files and score them (see :func:`score_vqa`)."""
+    """Read the three files and score them (see :func:`score_vqa`; ``strict``: refuse unknown ids)."""
     questions = load_vqa_annotations(Path(questions_path), Path(annotations_path))
-    predictions, _ = read_vqa_predictions(predictions_path, questions)
+    predictions, _ = read_vqa_predictions(predictions_path, questions, strict)
     return score_vqa(questions, predictions, lemmatize=lemmatize)

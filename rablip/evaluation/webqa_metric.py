@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from rablip.errors import DataError
 from rablip.evaluation.lemmatizer import LEMMATIZER_NAME, lemmatize_word
-from rablip.evaluation.predictions import check_prediction_ids, require_container, require_string
+from rablip.evaluation.predictions import known_predictions, require_container, require_string
 from rablip.utils.io import PathLike, check_type, read_json, require_keys
 
 COLOR_SET = frozenset(
@@ -238,8 +238,13 @@ def load_webqa_references(path: PathLike, split: str | None = None) -> list[WebQ
     return questions
 
 
-def read_webqa_predictions(path: PathLike, questions: Sequence[WebQAQuestion]) -> dict[str, tuple[list[str], str]]:
-    """Read ``{guid: {"sources": [ids], "answer": str}}``; ids become strings."""
+def read_webqa_predictions(path: PathLike, questions: Sequence[WebQAQuestion],
+                           strict: bool = False) -> dict[str, tuple[list[str], str]]:
+    """Read ``{guid: {"sources": [ids], "answer": str}}``; ids become strings.
+
+    Guids the data lack are ignored with a warning, or refused when ``strict``
+    (:func:`~rablip.evaluation.predictions.check_prediction_ids`).
+    """
     document = read_json(path, "prediction file")
     require_container(document, dict, path, 'a JSON object {guid: {"sources": [...], "answer": str}}')
     predictions = {}
@@ -254,8 +259,7 @@ def read_webqa_predictions(path: PathLike, questions: Sequence[WebQAQuestion]) -
                     f"integer), got {type(source).__name__}."
                 )
         predictions[guid] = ([str(source) for source in entry["sources"]], answer)
-    check_prediction_ids(list(predictions), [q.guid for q in questions], path, "guid")
-    return predictions
+    return known_predictions(predictions, [q.guid for q in questions], path, "guid", strict)
 
 
 def _mean(values: list[float]) -> float:

@@ -77,7 +77,7 @@ def test_prediction_file_errors(tmp_path, data_path):
     for text, message in cases.items():
         (tmp_path / "p.json").write_text(text)
         with pytest.raises(DataError, match=message):
-            read_aokvqa_predictions(tmp_path / "p.json", questions)
+            read_aokvqa_predictions(tmp_path / "p.json", questions, strict=True)
 
 
 def test_test_split_file_is_refused(tmp_path):

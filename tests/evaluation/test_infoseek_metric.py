@@ -106,4 +106,4 @@ def test_prediction_file_errors(tmp_path):
     for text, message in cases.items():
         (tmp_path / "p.jsonl").write_text(text)
         with pytest.raises(DataError, match=message):
-            read_infoseek_predictions(tmp_path / "p.jsonl", questions)
+            read_infoseek_predictions(tmp_path / "p.jsonl", questions, strict=True)

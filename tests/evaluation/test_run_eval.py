@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from rablip.benchmarks import load_split
+from rablip.benchmarks.cli import score_main
 from rablip.config import load_config
-from rablip.data.collate import make_qa_sample
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
-from rablip.data.splits import load_split
-from rablip.evaluation.cli import score_main
+from rablip.data.samples import make_qa_sample
 from rablip.evaluation.predict import choose_answers
-from rablip.evaluation.references import NoisyReferences, noise_count
-from rablip.models.factory import build_collator, load_generator
+from rablip.models.factory import load_generator
+from rablip.models.processing import build_collator
+from rablip.retrieval.references import NoisyReferences, noise_count
 from rablip.stages.encode_kb import encode_knowledge_base
 from rablip.stages.evaluate import evaluate
-from tests.retrieval.tiny_world import make_tiny_world, one_thread
+from tests.retrieval.tiny_world import FINETUNE_WORLD, build_world, make_tiny_world, one_thread
 from tests.training.launch import FINETUNE, finetune_args, run
 
 EVAL_CONFIG = "configs/experiment/synthetic_eval.yaml"
@@ -34,13 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def tuned(tmp_path_factory):
     """A tiny world and a generator fine-tuned on it for a few steps (its final/ dir)."""
     root = tmp_path_factory.mktemp("eval")
+    build_world(root / "world", *FINETUNE_WORLD)
     result = run(FINETUNE, finetune_args(root / "world", root / "ft", "train.max_steps=4", "train.batch_size=4"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 
 def eval_config(root: Path, out: Path, *extra: str):
-    args = [f"data.synthetic.world_dir={root / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=8", f"run.output_dir={out}",
+    args = [f"data.root={root / 'world'}", f"run.output_dir={out}",
             f"eval.checkpoint={root / 'ft' / 'final'}", "retrieval.source=gold", "eval.batch_size=8", *extra]
     return load_config(str(ROOT / EVAL_CONFIG), args)
 
@@ -79,7 +81,7 @@ def test_eval_with_the_live_index_reports_retrieval_metrics(tmp_path):
         encode_knowledge_base(cfg, show_progress=False)
         out = tmp_path / "eval"
         eval_cfg = load_config(str(ROOT / EVAL_CONFIG), [
-            f"data.synthetic.world_dir={tmp_path / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=8", f"run.output_dir={out}",
+            f"data.root={tmp_path / 'world'}", f"run.output_dir={out}",
             f"model.fusion.checkpoint={tmp_path / 'encoder'}", f"retrieval.index_dir={tmp_path / 'index'}",
             f"eval.checkpoint={tmp_path / 'world' / 'tiny-instructblip-llama'}",
             "eval.batch_size=8", "eval.report=false"])
@@ -173,8 +175,7 @@ def test_answers_from_two_ranks_are_gathered_once_each_in_order(tmp_path, total)
 
 
 def test_run_eval_on_two_ranks_matches_one_process(tuned, tmp_path):
-    args = [f"data.synthetic.world_dir={tuned / 'world'}", "data.synthetic.entities=12", "data.synthetic.align_images=8",
-            f"eval.checkpoint={tuned / 'ft' / 'final'}", "retrieval.source=gold", "eval.batch_size=8",
+    args = [f"data.root={tuned / 'world'}", f"eval.checkpoint={tuned / 'ft' / 'final'}", "retrieval.source=gold", "eval.batch_size=8",
             "eval.report=false"]
     one = run("run_eval.py", ["--config", EVAL_CONFIG, *args, f"run.output_dir={tmp_path / 'one'}"], timeout=180)
     two = run("run_eval.py", ["--config", EVAL_CONFIG, *args, f"run.output_dir={tmp_path / 'two'}"], processes=2,

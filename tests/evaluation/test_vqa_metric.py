@@ -150,7 +150,7 @@ def test_prediction_file_errors(tmp_path):
     for text, message in cases.items():
         (tmp_path / "p.json").write_text(text)
         with pytest.raises(DataError, match=message):
-            read_vqa_predictions(tmp_path / "p.json", loaded)
+            read_vqa_predictions(tmp_path / "p.json", loaded, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_prediction_file_errors(tmp_path):
     for text, message in cases.items():
         (tmp_path / "p.json").write_text(text)
         with pytest.raises(DataError, match=message):
-            read_webqa_predictions(tmp_path / "p.json", questions)
+            read_webqa_predictions(tmp_path / "p.json", questions, strict=True)
 
 
 def test_bart_scorer_needs_a_checkpoint(tmp_path):

@@ -1,10 +1,10 @@
-"""rablip.data.aokvqa: the official aokvqa_v1p0_{split}.json records."""
+"""rablip.benchmarks.aokvqa: the official aokvqa_v1p0_{split}.json records."""
 
 import json
 
 import pytest
 
-from rablip.data.aokvqa import load_aokvqa, split_from_filename
+from rablip.benchmarks.aokvqa import load_aokvqa, split_from_filename
 from rablip.errors import DataError
 
 

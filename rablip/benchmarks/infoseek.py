@@ -1,19 +1,30 @@
-"""InfoSeek: ``infoseek_{train,val,test}.jsonl`` plus the optional question-type file -> QAExample list.
+"""InfoSeek: split loader, JSONL predictions and the official accuracy (harmonic mean of the unseen splits).
 
-Record: ``{data_id, image_id, question, answer (list), answer_eval, data_split}``; numeric
-questions carry ``answer_eval`` as ``[{"wikidata": value, "range": [lo, hi]}]``. The question-type
-file (``infoseek_val_qtype.jsonl``) maps ``data_id`` to ``question_type`` (String, Numerical, Time).
-Images are OVEN images named by ``image_id``.
+Split file: ``infoseek_{train,val,test}.jsonl``, records ``{data_id, image_id, question, answer
+(list), answer_eval, data_split}``; numeric questions carry ``answer_eval`` as ``[{"wikidata": value,
+"range": [lo, hi]}]``. The optional question-type file (``infoseek_val_qtype.jsonl``) maps ``data_id``
+to ``question_type`` (String, Numerical, Time). Images are OVEN images named by ``image_id``.
+
+Predictions: ``predictions.jsonl``, one ``{"data_id": str, "prediction": str}`` per line. Scores:
+:func:`rablip.evaluation.infoseek_metric.score_infoseek_files`; headline ``score``; a question's score
+is 100 when its prediction is right under the official rules. A split is labelled when an example
+has answers or ``answer_eval``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rablip.benchmarks.base import Answer, Benchmark
+from rablip.config.schema import SplitConfig
 from rablip.data.records import QAExample
 from rablip.errors import DataError
-from rablip.utils.io import check_type, iter_jsonl_with_lines, require_keys
+from rablip.evaluation import infoseek_metric
+from rablip.utils.io import atomic_write_text, check_type, iter_jsonl_with_lines, require_keys
 
 RECORD_KEYS = {"data_id": str, "image_id": str, "question": str}
 QUESTION_TYPES = ("String", "Numerical", "Time")
@@ -97,3 +108,44 @@ def load_infoseek(
             )
         )
     return examples
+
+
+class InfoSeek(Benchmark):
+    """InfoSeek: edchengg/infoseek_eval ``infoseek_eval.py``."""
+
+    name = "infoseek"
+    predictions_suffix = ".jsonl"
+    main_metric = "score"
+    score_help = "InfoSeek accuracy (harmonic mean of the unseen splits)"
+
+    def load(self, split: SplitConfig) -> list[QAExample]:
+        return load_infoseek(split.path, split.qtypes or None, split.image_root, split.image_pattern)
+
+    def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
+        return any(ex.answers or ex.extra.get("answer_eval") is not None for ex in examples)
+
+    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+        lines = [json.dumps({"data_id": a.question_id, "prediction": a.text}) for a in answers]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return path
+
+    def score(self, path: Path, split: SplitConfig, *, lemmatize: bool = False, strict: bool = False) -> dict:
+        return infoseek_metric.score_infoseek_files(split.path, path, split.qtypes or None, strict=strict)
+
+    def question_scores(self, split: SplitConfig, scores: Mapping, answers: Sequence[Answer]) -> dict[str, float]:
+        predicted = {a.question_id: a.text for a in answers}
+        types = infoseek_metric.read_question_types(split.qtypes) if split.qtypes else None
+        return {q.data_id: 100.0 * infoseek_metric.question_correct(q, predicted.get(q.data_id, ""))
+                for q in infoseek_metric.load_infoseek_references(split.path, types)}
+
+    def add_score_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--references", required=True, help="infoseek_val.jsonl")
+        parser.add_argument("--predictions", required=True, help='JSONL of {"data_id": str, "prediction": str}')
+        parser.add_argument("--qtypes", help="infoseek_val_qtype.jsonl (adds a per-type breakdown)")
+
+    def score_from_args(self, args: argparse.Namespace) -> dict:
+        return infoseek_metric.score_infoseek_files(args.references, args.predictions, args.qtypes,
+                                                    strict=args.strict)
+
+
+BENCHMARK = InfoSeek()

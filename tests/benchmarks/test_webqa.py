@@ -1,4 +1,4 @@
-"""rablip.data.webqa: WebQA JSON questions/facts and imgs.tsv + imgs.lineidx images."""
+"""rablip.benchmarks.webqa (questions) and rablip.data.webqa (facts, imgs.tsv + imgs.lineidx images)."""
 
 import base64
 import json
@@ -6,8 +6,9 @@ import pickle
 
 import pytest
 
+from rablip.benchmarks.webqa import load_webqa
 from rablip.data.images import load_image
-from rablip.data.webqa import ImageTSV, load_webqa, load_webqa_kb
+from rablip.data.webqa import ImageTSV, load_webqa_kb
 from rablip.errors import DataError
 from tests.data.image_fixtures import encoded_image
 

@@ -1,21 +1,31 @@
-"""OK-VQA and VQAv2 (same format): questions file + optional annotations file -> QAExample list.
+"""OK-VQA and VQAv2 (same format; the synthetic world writes it too): split loader, results file, VQA accuracy.
 
 Files (unchanged from the official release): ``OpenEnded_mscoco_{split}_questions.json`` holds
 ``{"questions": [{image_id, question, question_id}, ...]}``; ``mscoco_{split}_annotations.json``
 holds ``{"annotations": [{image_id, question_id, question_type, answer_type, confidence,
 answers: [{answer, raw_answer, answer_confidence, answer_id} x 10]}, ...]}``. Images follow the
 COCO naming rule ``{split}/COCO_{split}_{image_id:012d}.jpg``.
+
+Predictions: ``predictions.json``, the VQA results file ``[{"question_id": int, "answer": str}]``.
+Scores: :func:`rablip.evaluation.vqa_metric.score_vqa_files`; headline ``overall``; a split is
+labelled when it names an annotations file; the report groups questions by ``question_type`` as
+the annotations give it (OK-VQA's knowledge categories; the synthetic world's seen/unseen groups).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rablip.benchmarks.base import Answer, Benchmark
+from rablip.config.schema import SplitConfig
 from rablip.data.records import QAExample
 from rablip.errors import DataError
-from rablip.utils.io import check_type, read_json, record_location, require_keys
+from rablip.evaluation.vqa_metric import score_vqa_files
+from rablip.utils.io import atomic_write_json, check_type, read_json, record_location, require_keys
 
 QUESTION_KEYS = {"image_id": int, "question": str, "question_id": int}
 ANNOTATION_KEYS = {"question_id": int, "answers": list}
@@ -128,3 +138,42 @@ def load_okvqa(
     if annotations_path is not None:
         _attach_annotations(Path(annotations_path), examples)
     return list(examples.values())
+
+
+class OKVQA(Benchmark):
+    """OK-VQA / VQAv2: VQA accuracy (GT-Vision-Lab/VQA, 2021 version), optionally lemmatized."""
+
+    name = "okvqa"
+    predictions_suffix = ".json"
+    main_metric = "overall"
+    score_help = "OK-VQA / VQAv2 accuracy (official VQA evaluation)"
+
+    def load(self, split: SplitConfig) -> list[QAExample]:
+        return load_okvqa(split.path, split.annotations or None, split.image_root, split.image_split or "val2014")
+
+    def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
+        return bool(split.annotations)
+
+    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+        atomic_write_json(path, [{"question_id": int(a.question_id), "answer": a.text} for a in answers], indent=None)
+        return path
+
+    def score(self, path: Path, split: SplitConfig, *, lemmatize: bool = False, strict: bool = False) -> dict:
+        return score_vqa_files(split.path, split.annotations, path, lemmatize=lemmatize, strict=strict)
+
+    def question_scores(self, split: SplitConfig, scores: Mapping, answers: Sequence[Answer]) -> dict[str, float]:
+        return {qid: float(value) for qid, value in scores["per_question"].items()}
+
+    def add_score_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--questions", required=True, help="OpenEnded_mscoco_*_questions.json")
+        parser.add_argument("--annotations", required=True, help="mscoco_*_annotations.json")
+        parser.add_argument("--predictions", required=True, help='results file: [{"question_id": int, "answer": str}]')
+        parser.add_argument("--lemmatize", action="store_true",
+                            help="lemmatize predictions first (BLIP-2/LAVIS practice; not the official metric)")
+
+    def score_from_args(self, args: argparse.Namespace) -> dict:
+        return score_vqa_files(args.questions, args.annotations, args.predictions, lemmatize=args.lemmatize,
+                               strict=args.strict)
+
+
+BENCHMARK = OKVQA()

@@ -1,20 +1,32 @@
-"""A-OKVQA: ``aokvqa_v1p0_{train,val,test}.json`` (a JSON list of records) -> QAExample list.
+"""A-OKVQA: split loader, predictions file and multiple-choice / direct-answer accuracy.
 
-Record: ``question_id`` (str), ``image_id`` (int, COCO 2017), ``question``, ``choices`` (4 str),
-``correct_choice_idx``, ``direct_answers`` (10 str), ``difficult_direct_answer`` (bool),
-``rationales`` (3 str). Test records lack the answer fields. Images: ``{split}2017/{image_id:012d}.jpg``.
+Split file: ``aokvqa_v1p0_{train,val,test}.json``, a JSON list of records: ``question_id`` (str),
+``image_id`` (int, COCO 2017), ``question``, ``choices`` (4 str), ``correct_choice_idx``,
+``direct_answers`` (10 str), ``difficult_direct_answer`` (bool), ``rationales`` (3 str). Test records
+lack the answer fields. Images: ``{split}2017/{image_id:012d}.jpg``.
+
+Predictions: ``predictions.json``, ``{question_id: {"multiple_choice": str, "direct_answer": str}}``
+(``multiple_choice`` only for questions with choices). Scores:
+:func:`rablip.evaluation.aokvqa_metric.score_aokvqa_files`; headline ``da`` (``mc`` when the file has
+no direct answers); a question's score is its DA value, else its MC value. A split is labelled when
+an example has direct answers or a correct choice.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rablip.benchmarks.base import Answer, Benchmark
+from rablip.config.schema import SplitConfig
 from rablip.data.records import QAExample
 from rablip.errors import DataError
-from rablip.utils.io import check_type, read_json, record_location, require_keys
+from rablip.evaluation.aokvqa_metric import score_aokvqa_files
+from rablip.utils.io import atomic_write_json, check_type, read_json, record_location, require_keys
 
 RECORD_KEYS = {"question_id": str, "image_id": int, "question": str}
 _SPLIT_IN_NAME = re.compile(r"aokvqa_v\d+p\d+_(?P<split>[A-Za-z0-9]+)\.json$")
@@ -103,3 +115,49 @@ def load_aokvqa(
         first_index[example.id] = index
         examples.append(example)
     return examples
+
+
+class AOKVQA(Benchmark):
+    """A-OKVQA: allenai/aokvqa ``eval_predictions.py`` (MC exact match, DA min(1, matches / 3))."""
+
+    name = "aokvqa"
+    predictions_suffix = ".json"
+    main_metric = "da"
+    score_help = "A-OKVQA multiple-choice and direct-answer accuracy"
+
+    def load(self, split: SplitConfig) -> list[QAExample]:
+        return load_aokvqa(split.path, split.image_root, split.image_split or None)
+
+    def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
+        return any(ex.answers or ex.correct_choice_idx is not None for ex in examples)
+
+    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+        document = {}
+        for a in answers:
+            document[a.question_id] = {"direct_answer": a.text}
+            if a.choice is not None:
+                document[a.question_id]["multiple_choice"] = a.choice
+        atomic_write_json(path, document, indent=None)
+        return path
+
+    def score(self, path: Path, split: SplitConfig, *, lemmatize: bool = False, strict: bool = False) -> dict:
+        return score_aokvqa_files(split.path, path, strict=strict)
+
+    def main_score(self, scores: Mapping) -> float:
+        value = scores["da"] if scores["da"] is not None else scores["mc"]
+        return float(value)
+
+    def question_scores(self, split: SplitConfig, scores: Mapping, answers: Sequence[Answer]) -> dict[str, float]:
+        return {qid: float(v["da"] if v["da"] is not None else (v["mc"] or 0.0))
+                for qid, v in scores["per_question"].items()}
+
+    def add_score_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--data", required=True, help="aokvqa_v1p0_{train,val}.json")
+        parser.add_argument("--predictions", required=True,
+                            help='{question_id: {"multiple_choice": str, "direct_answer": str}}')
+
+    def score_from_args(self, args: argparse.Namespace) -> dict:
+        return score_aokvqa_files(args.data, args.predictions, strict=args.strict)
+
+
+BENCHMARK = AOKVQA()

@@ -1,10 +1,10 @@
-"""rablip.data.infoseek: infoseek_{split}.jsonl with the question-type file."""
+"""rablip.benchmarks.infoseek: infoseek_{split}.jsonl with the question-type file."""
 
 import json
 
 import pytest
 
-from rablip.data.infoseek import load_infoseek, read_question_types
+from rablip.benchmarks.infoseek import load_infoseek, read_question_types
 from rablip.errors import DataError
 
 RECORDS = [

@@ -1,10 +1,10 @@
-"""rablip.data.okvqa: OK-VQA / VQAv2 questions + annotations in the official layout."""
+"""rablip.benchmarks.okvqa: OK-VQA / VQAv2 questions + annotations in the official layout."""
 
 import json
 
 import pytest
 
-from rablip.data.okvqa import coco_image_path, load_okvqa
+from rablip.benchmarks.okvqa import coco_image_path, load_okvqa
 from rablip.errors import DataError
 
 
