@@ -5,12 +5,13 @@
 Runs rablip's own entry points with ``configs/experiment/synthetic_*.yaml`` (no separate code path),
 each as a subprocess with its log in ``DIR/logs/``:
 
-1. make the synthetic world (``scripts/make_synthetic.py``);
-2. pre-train the Q-Former and fusion encoder (``run_pretrain.py``). This stage first trains the
-   tokenizers and builds the tiny generator: its vision encoder warms up on renderings of invented
-   creatures, its LLM on reading texts about them (none of them world entities). The vision encoder
-   then stays frozen. ``model.export_generator`` saves the generator with the pre-trained query
-   tokens and Q-Former for the next stage to start from;
+1. make the synthetic world (``scripts/make_synthetic.py``): its OK-VQA files, the knowledge-base store,
+   the tiny generator (tokenizers trained on the world; its vision encoder warms up on renderings of
+   invented creatures, its LLM on reading texts about them, none of them world entities) and the
+   extra pre-training pairs (renderings of invented creatures with their fact texts or captions);
+2. pre-train the Q-Former and fusion encoder (``run_pretrain.py``), the vision encoder frozen.
+   ``model.export_generator`` saves the generator with the pre-trained query tokens and Q-Former
+   for the next stage to start from;
 3. encode the knowledge base and build the index (``scripts/encode_kb.py``), and score retrieval
    with and without the question instructing the Q-Former (``run_eval.py eval.retrieval_only=true``);
 4. align the generator to say what it sees (``run_finetune.py`` with ``synthetic_align.yaml``): visual
@@ -53,8 +54,10 @@ VARIANTS = {
     "ra": ["retrieval.source=index", "askg.enabled=false", "noise.random_snippets=0", "noise.counterfactual=0"],
     "ra_askg": ["retrieval.source=index", "askg.enabled=true", "askg.noise_ratio=0.5", "askg.weight=0.1",
                 "askg.negatives=hard", "noise.random_snippets=1", "noise.counterfactual=1.0",
-                "noise.counterfactual_types=[knowledge]"],
+                "noise.counterfactual_types=[knowledge/seen,knowledge/unseen]"],
 }
+PRETRAIN_BATCH = 32
+"""train.batch_size of configs/experiment/synthetic_pretrain.yaml."""
 NOISY_FRACTION = 0.5
 EDIT_FRACTION = 0.2
 TARGETS = {
@@ -130,23 +133,26 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
          align_steps: int | None = None) -> list[Job]:
     """Every job of the experiment, in an order that respects the dependencies."""
     world = out / "world"
-    common = [f"run.seed={seed}", f"data.synthetic.entities={entities}", f"data.synthetic.world_dir={world}",
-              f"model.fusion.checkpoint={out / 'pretrain' / 'final'}", f"retrieval.index_dir={world / 'index'}"]
+    common = [f"run.seed={seed}", f"data.root={world}", f"model.fusion.checkpoint={out / 'pretrain' / 'final'}",
+              f"retrieval.index_dir={world / 'index'}"]
 
     def stage(script: str, config: str, run_dir: str, *extra: str) -> list[str]:
         return [script, "--config", f"{EXPERIMENTS}/synthetic_{config}.yaml", *common,
                 f"run.output_dir={out / run_dir}", *extra]
 
     pretrain = [f"train.max_steps={pretrain_steps}"] if pretrain_steps else []
+    build = ["--seed", str(seed), "--entities", str(entities)]
     if reading_steps is not None:
-        pretrain.append(f"data.synthetic.reading_warmup_steps={reading_steps}")
+        build += ["--reading-steps", str(reading_steps)]
     if vision_steps is not None:
-        pretrain.append(f"data.synthetic.vision_warmup_steps={vision_steps}")
+        build += ["--vision-steps", str(vision_steps)]
+    if pretrain_steps:
+        # at most every sample of a shortened pre-training is an extra pair
+        build += ["--extra-pairs", str(pretrain_steps * PRETRAIN_BATCH)]
     finetune = [f"train.max_steps={finetune_steps}"] if finetune_steps else []
     align = [f"train.max_steps={align_steps}", f"train.save_every={align_steps}"] if align_steps else []
     jobs = [
-        Job("world", ["scripts/make_synthetic.py", "--out", str(world), "--seed", str(seed), "--entities",
-                      str(entities)]),
+        Job("world", ["scripts/make_synthetic.py", "--out", str(world), *build]),
         Job("pretrain", stage("run_pretrain.py", "pretrain", "pretrain", *pretrain), ["world"]),
         Job("index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common],
             ["pretrain"]),

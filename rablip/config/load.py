@@ -3,7 +3,8 @@
 A config file may start with ``defaults: [model/tiny.yaml, ...]``: those files (paths relative to
 the project's ``configs/`` directory, or to the including file) are merged first, in order, and
 the file's own keys override them. ``key=value`` overrides on the command line come last.
-``${a.b}`` interpolation is resolved after everything is merged.
+``${a.b}`` interpolation is resolved after everything is merged. Relative dataset paths are then
+resolved under ``data.root`` (:func:`resolve_data_paths`).
 
 Every layer is checked against the schema as it is merged, so an error names the file (and line)
 or the command-line argument it came from, and an unknown key comes with its nearest valid spelling.
@@ -12,6 +13,7 @@ or the command-line argument it came from, and an unknown key comes with its nea
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +243,7 @@ def build_config(layers: list[Layer]) -> Config:
         where = _provenance(layers).get(key, "the config")
         raise ConfigError(f"cannot resolve interpolation of '{key}' in {where}: {str(exc).splitlines()[0]}") from None
     try:
-        return OmegaConf.to_object(merged)
+        return resolve_data_paths(OmegaConf.to_object(merged))
     except ConfigValueError as exc:
         where = _provenance(layers).get(exc.key, "the schema defaults")
         raise ConfigError(f"bad value for config key '{exc.key}' in {where}: {exc.detail}") from None
@@ -249,6 +251,32 @@ def build_config(layers: list[Layer]) -> Config:
         key = getattr(exc, "full_key", None) or "?"
         where = _provenance(layers).get(key, "the config")
         raise ConfigError(f"bad value for config key '{key}' in {where}: {str(exc).splitlines()[0]}") from None
+
+
+DATA_PATH_KEYS = (
+    *(f"{split}.{key}" for split in ("train", "val", "test", "replay")
+      for key in ("path", "annotations", "qtypes", "image_root")),
+    "extra_pairs.path", "kb.path", "kb.root", "kb.store_dir", "kb.webqa_images_tsv",
+)
+"""The ``data.`` keys whose relative paths resolve under ``data.root``."""
+
+
+def resolve_data_paths(cfg: Config) -> Config:
+    """With ``data.root`` set: make it absolute and join every relative path of :data:`DATA_PATH_KEYS`
+    to it (empty values and absolute paths stay). Idempotent, so a saved config.yaml loads unchanged."""
+    if not cfg.data.root:
+        return cfg
+    root = os.path.abspath(os.path.expanduser(cfg.data.root))
+    cfg.data.root = root
+    for key in DATA_PATH_KEYS:
+        section, name = key.rsplit(".", 1)
+        owner = cfg.data
+        for part in section.split("."):
+            owner = getattr(owner, part)
+        value = getattr(owner, name)
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            setattr(owner, name, os.path.normpath(os.path.join(root, value)))
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -3,8 +3,9 @@
 Each section is a dataclass; each field has a docstring (the string under it). YAML files and
 ``key=value`` overrides are checked against these classes by :mod:`rablip.config.load`: an unknown
 key or a value of the wrong type stops the program before any work. Checks that go beyond types
-(allowed choices, ranges) live in ``__post_init__`` and raise :class:`ConfigValueError`, which the
-loader turns into a message that also names the file the value came from.
+(allowed choices, ranges) live in ``__post_init__`` and raise :class:`ConfigValueError`
+(:mod:`rablip.config.checks`), which the loader turns into a message that also names the file the
+value came from. The ``data`` section lives in :mod:`rablip.config.data_schema`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rablip.errors import ConfigError
+from rablip.config.checks import ConfigValueError, check_choice, check_positive, check_range
+from rablip.config.data_schema import DATASETS, DataConfig, ExtraPairsConfig, KBConfig, SplitConfig
 
-
-class ConfigValueError(ConfigError):
-    """A value of the right type that is not allowed (a choice or range check)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.detail = message
+__all__ = ["DATASETS", "GENERATOR_MODULES", "TRAINABLE_MODULES", "AskgConfig", "Config", "ConfigValueError",
+           "DataConfig", "EvalConfig", "ExtraPairsConfig", "FusionConfig", "KBConfig", "LogConfig", "ModelConfig",
+           "NoiseConfig", "RefineConfig", "RetrievalConfig", "RunConfig", "SplitConfig", "TrainConfig",
+           "schema_keys"]
 
 
 GENERATOR_MODULES = ("vision_model", "qformer", "query_tokens", "language_projection", "language_model",
@@ -29,21 +27,6 @@ GENERATOR_MODULES = ("vision_model", "qformer", "query_tokens", "language_projec
 """The generator's module groups (train.lr_scale names these)."""
 TRAINABLE_MODULES = (*GENERATOR_MODULES, "fusion")
 """Module groups model.trainable names: the generator's and the retrieval encoder's fusion layers."""
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigValueError(key, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}")
-
-
-def _range(key: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ConfigValueError(key, f"{value} is outside [{lo}, {hi}]")
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigValueError(key, f"{value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
 @dataclass
@@ -61,62 +44,27 @@ class RunConfig:
 
 
 @dataclass
-class ArchConfig:
-    """Architecture sizes. For published checkpoints they document (and are checked against) the
-    checkpoint's own config.json; for ``model.build_if_missing`` they are what gets built."""
-
-    image_size: int = 224
-    """Input image side in pixels."""
-    patch_size: int = 14
-    vision_hidden_size: int = 1408
-    vision_layers: int = 39
-    vision_heads: int = 16
-    vision_intermediate_size: int = 6144
-    qformer_hidden_size: int = 768
-    qformer_layers: int = 12
-    qformer_heads: int = 12
-    qformer_intermediate_size: int = 3072
-    cross_attention_frequency: int = 2
-    """The Q-Former cross-attends to image features every this many layers."""
-    num_query_tokens: int = 32
-    llm_type: str = "t5"
-    """Language model family: t5 (encoder-decoder), opt or llama (decoder-only)."""
-    llm_hidden_size: int = 2048
-    llm_layers: int = 24
-    llm_heads: int = 32
-    llm_intermediate_size: int = 5120
-    llm_tie_embeddings: bool = False
-    """llama: the output layer shares the input embedding matrix (T5 and OPT share it already). A tiny
-    LLM trained from scratch learns to copy words out of its references much faster with it."""
-    llm_copy_init: bool = False
-    """When ``model.build_if_missing`` builds a decoder-only LLM: its attention value and output projections
-    start as the identity, so an attention head copies the tokens it attends to from the first step. A
-    tiny LLM trained from scratch otherwise waits, per kind of fact, for the lookup and the copy to form
-    together, at a seed-dependent step (BENCHMARKS.md, synthetic demo)."""
-    llm_vocab_size: int = 32128
-    qformer_vocab_size: int = 30523
-
-    def __post_init__(self) -> None:
-        _choice("model.arch.llm_type", self.llm_type, ("t5", "opt", "llama"))
-        if self.llm_copy_init and self.llm_type == "t5":
-            raise ConfigValueError("model.arch.llm_copy_init", "is for decoder-only LLMs (llm_type llama or opt), "
-                                   "not t5; set it to false or choose another llm_type")
-        for name in ("image_size", "patch_size", "vision_hidden_size", "vision_layers", "qformer_hidden_size",
-                     "qformer_layers", "num_query_tokens", "llm_hidden_size", "llm_layers"):
-            _positive(f"model.arch.{name}", getattr(self, name))
-
-
-@dataclass
 class FusionConfig:
+    """The fusion encoder's shape, the one config :class:`rablip.models.fusion_layers.FusionEncoder`
+    is built from; a saved encoder records it (``checkpoint`` aside) in its retrieval_encoder.json."""
+
     layers: int = 3
     """Multiway transformer layers of the fusion encoder (RA-BLIP's release has 3)."""
     dim: int = 256
     """Width of the L2-normalised retrieval embedding."""
     heads: int = 4
+    """Attention heads of the fusion layers; must divide their width, the Q-Former's hidden size."""
     vl_expert_layers: int = 1
-    """Top fusion layers in which image+text inputs use the vision-language expert."""
+    """Top fusion layers in which image+text inputs use the vision-language expert (0 to layers)."""
     checkpoint: str = ""
     """Directory of a pre-trained fusion encoder (run_pretrain's output); empty = untrained."""
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "dim", "heads"):
+            check_positive(f"model.fusion.{name}", getattr(self, name))
+        if not 0 <= self.vl_expert_layers <= self.layers:
+            raise ConfigValueError("model.fusion.vl_expert_layers",
+                                   f"{self.vl_expert_layers} is not between 0 and model.fusion.layers={self.layers}")
 
 
 @dataclass
@@ -130,23 +78,14 @@ class RefineConfig:
 @dataclass
 class ModelConfig:
     checkpoint: str = "checkpoints/instructblip-flan-t5-xl"
-    """Base checkpoint dir: a transformers InstructBLIP or BLIP-2 dir, or a rablip checkpoint dir."""
-    build_if_missing: bool = False
-    """Build a fresh model of size ``arch`` (with tokenizers trained on the data) when checkpoint is empty.
-    Only for tiny synthetic experiments: real runs must point at real weights."""
+    """Base checkpoint dir: a transformers InstructBLIP or BLIP-2 dir, or a rablip checkpoint dir (it must
+    hold config.json; stages load it and never build one). It brings its own architecture and vision
+    encoder."""
     export_generator: bool = False
     """run_pretrain.py: also write <run.output_dir>/final/generator, the base generator holding the
     pre-trained vision encoder, query tokens and Q-Former, for fine-tuning to start from (as BLIP-2's
-    second stage starts from its first). For models without a pre-trained vision encoder (the tiny
-    synthetic one); published checkpoints start fine-tuning from their own weights."""
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    qformer_instruction: bool = True
-    """Whether the Q-Former reads the instruction (InstructBLIP). False for BLIP-2 checkpoints."""
-    vision_backend: str = "hf"
-    """The vision encoder model.build_if_missing builds: hf (InstructBLIP's ViT, of size model.arch) or
-    timm (the timm architecture timm_name, created without weights, its tokens projected to
-    model.arch.vision_hidden_size). A checkpoint brings its own; a different one here is an error."""
-    timm_name: str = ""
+    second stage starts from its first), for a model whose checkpoint brings no pre-trained Q-Former;
+    published checkpoints start fine-tuning from their own weights."""
     trainable: list[str] = field(
         default_factory=lambda: ["qformer", "query_tokens", "language_projection", "slot_embeddings"])
     """Modules that train; the rest are frozen (RA-BLIP: vision encoder and LLM frozen)."""
@@ -156,137 +95,8 @@ class ModelConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
-        _choice("model.vision_backend", self.vision_backend, ("hf", "timm"))
-        if self.vision_backend == "timm" and not self.timm_name:
-            raise ConfigValueError("model.timm_name", "must name a timm model when model.vision_backend=timm")
         for name in self.trainable:
-            _choice("model.trainable", name, TRAINABLE_MODULES)
-
-
-@dataclass
-class SplitConfig:
-    """Files of one split, in the benchmark's official format."""
-
-    path: str = ""
-    """Main file: OK-VQA/VQAv2 questions json, A-OKVQA json, WebQA json, InfoSeek jsonl."""
-    annotations: str = ""
-    """OK-VQA/VQAv2 annotations json (empty for test-style splits)."""
-    qtypes: str = ""
-    """InfoSeek question-type jsonl."""
-    image_root: str = ""
-    """Directory holding the split's images."""
-    image_split: str = ""
-    """Image sub-folder and COCO name part, e.g. val2014 (OK-VQA) or val (A-OKVQA -> val2017)."""
-    split: str = ""
-    """Split name inside a shared file (WebQA's train/val)."""
-    image_pattern: str = "{image_id}.jpg"
-    """InfoSeek: image file name under image_root, formatted with the record's image_id."""
-
-
-@dataclass
-class KBConfig:
-    format: str = "jsonl"
-    """Input format: jsonl (generic knowledge-base JSONL), wit_tsv, or webqa (facts of WebQA json)."""
-    path: str = ""
-    """Input file of the knowledge base."""
-    root: str = ""
-    """KB root directory: relative image paths resolve under it and may not escape it."""
-    store_dir: str = ""
-    """Output directory of the on-disk Arrow store (built by scripts/build_kb.py)."""
-    overwrite: bool = False
-    """Replace an existing store at store_dir (only a directory that is a store)."""
-    wit_title_column: str = "page_title"
-    wit_text_column: str = "reference_description"
-    wit_image_column: str = "image_url"
-    wit_id_column: str = ""
-    """Column holding item ids (empty: ids are <file stem>-<row>)."""
-    wit_has_header: bool = True
-    webqa_images_tsv: str = ""
-    """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts."""
-
-    def __post_init__(self) -> None:
-        _choice("data.kb.format", self.format, ("jsonl", "wit_tsv", "webqa"))
-
-
-@dataclass
-class SyntheticConfig:
-    world_dir: str = "data/synthetic"
-    """Where the synthetic world lives; built on first use when empty."""
-    entities: int = 96
-    seed: int = 0
-    distractors: int = -1
-    """Distractor entities (in the KB, in no question); -1: entities // 2."""
-    unseen_fraction: float = 0.3
-    """Share of val/test entities that never appear in train."""
-    image_size: int = 64
-    train_images_per_entity: int = 12
-    """Question images per seen entity in train (each carries a knowledge, a visual and a naming question)."""
-    eval_images_per_entity: int = 3
-    align_images: int = 4000
-    """Renderings of invented creatures in the world's align/ split, one visual question each, for the
-    generator's alignment stage (configs/experiment/synthetic_align.yaml; rablip.synthetic.aligning;
-    no world entity's look). 0: no align/ split."""
-    edit_fraction: float = 0.2
-    """Knowledge edit: share of test entities whose facts change."""
-    llm_tokenizer_kind: str = "t5"
-    """Tokenizer trained for the tiny LLM: t5 (encoder-decoder) or causal (decoder-only)."""
-    tokenizer_vocab_size: int = 1500
-    reading_warmup_steps: int = 0
-    """When model.build_if_missing builds the tiny generator: text-only steps its LLM first trains on
-    reading questions about invented creatures (rablip.synthetic.reading; no world entity), standing
-    in for the pre-trained LLM a real checkpoint brings. 0: none."""
-    vision_warmup_steps: int = 0
-    """When model.build_if_missing builds the tiny generator: steps its vision encoder first trains to
-    name the shape, colour, pattern and size of renderings of invented creatures
-    (rablip.synthetic.viewing; no world entity's looks), standing in for the pre-trained vision
-    encoder a real checkpoint brings. 0: none."""
-    pretrain_invented_share: float = 0.0
-    """Share of run_pretrain's pairs drawn fresh each time from invented creatures (a rendering as the
-    query, its fact text or caption as the item; rablip.synthetic.describing; no world entity's look
-    or name), standing in for the generic image-text pairs a real Q-Former is pre-trained on. 0: none."""
-
-    def __post_init__(self) -> None:
-        _positive("data.synthetic.entities", self.entities)
-        _range("data.synthetic.pretrain_invented_share", self.pretrain_invented_share, 0.0, 0.9)
-        _positive("data.synthetic.align_images", self.align_images, allow_zero=True)
-        _positive("data.synthetic.reading_warmup_steps", self.reading_warmup_steps, allow_zero=True)
-        _positive("data.synthetic.vision_warmup_steps", self.vision_warmup_steps, allow_zero=True)
-        _range("data.synthetic.unseen_fraction", self.unseen_fraction, 0.0, 1.0)
-        _range("data.synthetic.edit_fraction", self.edit_fraction, 0.0, 1.0)
-        _choice("data.synthetic.llm_tokenizer_kind", self.llm_tokenizer_kind, ("t5", "causal"))
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "synthetic"
-    """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek, synthetic (OK-VQA format)."""
-    train: SplitConfig = field(default_factory=SplitConfig)
-    val: SplitConfig = field(default_factory=SplitConfig)
-    test: SplitConfig = field(default_factory=SplitConfig)
-    replay: SplitConfig = field(default_factory=SplitConfig)
-    """Fine-tuning: a second training split, in ``data.dataset``'s format, whose questions are answered from
-    the image alone (no references) and mixed into training, so that what an earlier stage taught is kept
-    (the synthetic configs replay the alignment split's visual questions). Used when ``replay_share`` > 0."""
-    replay_share: float = 0.0
-    """Share of the fine-tuning examples taken from ``data.replay`` (its first ones). 0: no replay."""
-    kb: KBConfig = field(default_factory=KBConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    on_bad_image: str = "error"
-    """error: stop at a missing or unreadable image; skip: leave the record out and report it at the end."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
-    max_input_length: int = 256
-    """LLM input tokens (references are truncated first)."""
-    max_target_length: int = 32
-    qformer_max_length: int = 64
-
-    def __post_init__(self) -> None:
-        _choice("data.dataset", self.dataset, ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek", "synthetic"))
-        _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
-        _positive("data.num_workers", self.num_workers, allow_zero=True)
-        _range("data.replay_share", self.replay_share, 0.0, 0.9)
-        if self.replay_share and not self.replay.path:
-            raise ConfigValueError("data.replay.path", "is empty; data.replay_share > 0 needs the split to replay")
+            check_choice("model.trainable", name, TRAINABLE_MODULES)
 
 
 @dataclass
@@ -327,14 +137,14 @@ class RetrievalConfig:
     """False: query images are extracted without the question as Q-Former instruction (uninstructed ablation)."""
 
     def __post_init__(self) -> None:
-        _choice("retrieval.source", self.source, ("index", "static", "gold", "none"))
-        _choice("retrieval.mode", self.mode, ("ra_blip", "image", "two_stage"))
-        _choice("retrieval.index_type", self.index_type, ("flat", "ivfflat", "ivfpq", "hnsw"))
-        _positive("retrieval.k", self.k, allow_zero=True)
-        _positive("retrieval.shard_rows", self.shard_rows)
-        _positive("retrieval.encode_batch_size", self.encode_batch_size, allow_zero=True)
-        _positive("retrieval.expansion_entities", self.expansion_entities)
-        _positive("retrieval.rerank_factor", self.rerank_factor)
+        check_choice("retrieval.source", self.source, ("index", "static", "gold", "none"))
+        check_choice("retrieval.mode", self.mode, ("ra_blip", "image", "two_stage"))
+        check_choice("retrieval.index_type", self.index_type, ("flat", "ivfflat", "ivfpq", "hnsw"))
+        check_positive("retrieval.k", self.k, allow_zero=True)
+        check_positive("retrieval.shard_rows", self.shard_rows)
+        check_positive("retrieval.encode_batch_size", self.encode_batch_size, allow_zero=True)
+        check_positive("retrieval.expansion_entities", self.expansion_entities)
+        check_positive("retrieval.rerank_factor", self.rerank_factor)
 
 
 @dataclass
@@ -349,9 +159,9 @@ class AskgConfig:
     """random: random KB items; hard: retriever ranks below the relevant ones; dataset: its own distractors."""
 
     def __post_init__(self) -> None:
-        _range("askg.noise_ratio", self.noise_ratio, 0.0, 1.0)
-        _positive("askg.weight", self.weight, allow_zero=True)
-        _choice("askg.negatives", self.negatives, ("random", "hard", "dataset"))
+        check_range("askg.noise_ratio", self.noise_ratio, 0.0, 1.0)
+        check_positive("askg.weight", self.weight, allow_zero=True)
+        check_choice("askg.negatives", self.negatives, ("random", "hard", "dataset"))
 
 
 @dataclass
@@ -364,11 +174,11 @@ class NoiseConfig:
     answer type), so the generator learns to read its references instead of recalling facts."""
     counterfactual_types: list[str] = field(default_factory=list)
     """Question types that counterfactual swaps apply to (empty: all). Keep out types whose answer the
-    image shows (the synthetic world's visual questions), or the generator learns to trust text over it."""
+    image shows, or the generator learns to trust text over it."""
 
     def __post_init__(self) -> None:
-        _positive("noise.random_snippets", self.random_snippets, allow_zero=True)
-        _range("noise.counterfactual", self.counterfactual, 0.0, 1.0)
+        check_positive("noise.random_snippets", self.random_snippets, allow_zero=True)
+        check_range("noise.counterfactual", self.counterfactual, 0.0, 1.0)
 
 
 @dataclass
@@ -430,22 +240,22 @@ class TrainConfig:
     """Pre-training: Q-Former caption generation loss weight."""
 
     def __post_init__(self) -> None:
-        _positive("train.lr", self.lr)
-        _positive("train.max_steps", self.max_steps)
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.grad_accum", self.grad_accum)
-        _positive("train.save_every", self.save_every)
-        _positive("train.feature_cache_batch_size", self.feature_cache_batch_size)
-        _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
-        _range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_positive("train.lr", self.lr)
+        check_positive("train.max_steps", self.max_steps)
+        check_positive("train.batch_size", self.batch_size)
+        check_positive("train.grad_accum", self.grad_accum)
+        check_positive("train.save_every", self.save_every)
+        check_positive("train.feature_cache_batch_size", self.feature_cache_batch_size)
+        check_positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         for module, scale in self.lr_scale.items():
-            _choice("train.lr_scale", module, GENERATOR_MODULES)
-            _positive(f"train.lr_scale.{module}", scale)
-        _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
-        _choice("train.best_mode", self.best_mode, ("max", "min"))
-        _choice("train.item_pairs", self.item_pairs, ("self", "entity"))
+            check_choice("train.lr_scale", module, GENERATOR_MODULES)
+            check_positive(f"train.lr_scale.{module}", scale)
+        check_choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
+        check_choice("train.best_mode", self.best_mode, ("max", "min"))
+        check_choice("train.item_pairs", self.item_pairs, ("self", "entity"))
         for name in ("itc_weight", "itm_weight", "itg_weight"):
-            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+            check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if len(self.betas) != 2:
             raise ConfigValueError("train.betas", f"needs two values, got {self.betas}")
 
@@ -477,11 +287,11 @@ class EvalConfig:
     gallery_size: int = 24
 
     def __post_init__(self) -> None:
-        _choice("eval.split", self.split, ("train", "val", "test"))
-        _positive("eval.num_beams", self.num_beams)
-        _range("eval.noisy_fraction", self.noisy_fraction, 0.0, 1.0)
+        check_choice("eval.split", self.split, ("train", "val", "test"))
+        check_positive("eval.num_beams", self.num_beams)
+        check_range("eval.noisy_fraction", self.noisy_fraction, 0.0, 1.0)
         for k in self.k_sweep:
-            _positive("eval.k_sweep", k, allow_zero=True)
+            check_positive("eval.k_sweep", k, allow_zero=True)
 
 
 @dataclass
@@ -495,7 +305,7 @@ class LogConfig:
     """Log metrics every this many optimizer steps."""
 
     def __post_init__(self) -> None:
-        _choice("log.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
+        check_choice("log.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
 
 
 @dataclass

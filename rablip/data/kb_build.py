@@ -2,7 +2,7 @@
 
 :func:`build_kb_from_config` reads any object with the ``data.kb`` attribute names (the schema's
 ``KBConfig``, or a ``types.SimpleNamespace`` in tests), picks the reader of the input format and
-streams its items into :func:`rablip.data.kb.build_kb_store`.
+streams its items into :func:`rablip.data.kb_writer.build_kb_store`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rablip.data.kb import build_kb_store
 from rablip.data.kb_sources import TsvColumns, iter_kb_jsonl, iter_kb_tsv
+from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
 from rablip.data.webqa import ImageTSV, load_webqa_kb
 from rablip.errors import ConfigError, DataError

@@ -90,6 +90,12 @@ def _jsonl_item(record: Any, where: str, source: str, kb_root: str | os.PathLike
     )
 
 
+def kb_item_from_record(record: Any, where: str, source: str, kb_root: str | os.PathLike | None = None) -> KBItem:
+    """One generic-JSONL record as a KBItem, checked as :func:`iter_kb_jsonl` checks each line;
+    ``where`` (file and line) starts every error message."""
+    return _jsonl_item(record, where, source, kb_root)
+
+
 def iter_kb_jsonl(
     path: str | os.PathLike, *, kb_root: str | os.PathLike | None = None, source: str | None = None
 ) -> Iterator[KBItem]:

@@ -89,7 +89,7 @@ def copy_ready_attention(language_model: torch.nn.Module) -> int:
         changed += 1
     if not changed:
         raise ValueError(f"{type(language_model).__name__} has no v_proj/o_proj (or out_proj) attention to make "
-                         "copy-ready; model.arch.llm_copy_init supports decoder-only LLaMA and OPT models")
+                         "copy-ready; the llm_copy_init setting supports decoder-only LLaMA and OPT models")
     return changed
 
 

@@ -4,24 +4,38 @@ A real RA-BLIP's Q-Former is pre-trained on many image-text pairs before it meet
 The synthetic world has a few dozen entities that training questions ask about; trained on those
 alone, the retrieval encoder learns them rather than how a picture matches a description, and finds
 the items of entities no training question asks about less often (BENCHMARKS.md, synthetic demo).
-So pre-training can also draw pairs of invented creatures: a fresh rendering as the query, and the
-creature's fact text or caption as a text item to find. No world entity's look or name is drawn, so
-the world's unseen entities stay unseen.
+So :func:`write_invented_pairs` writes an extra-pairs file (:mod:`rablip.data.extra_pairs`, read
+through ``data.extra_pairs``): a rendering of a made-up creature as the query, and the creature's fact
+text or caption as a text item to find. No world entity's look or name is drawn, so the world's
+unseen entities stay unseen.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from rablip.data.records import KBItem
 from rablip.synthetic.entities import invented_entity, make_names
+from rablip.synthetic.files import (
+    EXTRA_PAIRS_NAME,
+    KB_NAME,
+    annotations_name,
+    load_manifest,
+    questions_name,
+    read_json,
+    read_jsonl,
+)
 from rablip.synthetic.render import render_entity
 from rablip.synthetic.viewing import invented_look, look_combinations
 
 _STREAM_NAMES = 9
+_STREAM_EXTRA_PAIRS = 10
+IMAGE_DIR = "images"
 
 
 class InventedPairs:
@@ -44,3 +58,44 @@ class InventedPairs:
         item = KBItem(id=f"invented-{kind}-{name}-{creature.description}", modality="text", text=text,
                       title=name, source="invented")
         return render_entity(creature.attributes, rng, self.image_size), item
+
+
+def training_questions_by_item_kind(world_dir: str | Path) -> dict[str, list[str]]:
+    """The world's training question texts by the kind of item relevant to them: ``text`` (a fact item)
+    and ``image`` (an image + caption item); a kind no question has falls back to every question."""
+    world_dir = Path(world_dir)
+    has_image = {item["id"]: "image" in item for item in read_jsonl(world_dir / KB_NAME)}
+    texts = {q["question_id"]: q["question"] for q in read_json(world_dir / questions_name("train"))["questions"]}
+    by_kind: dict[str, set[str]] = {"text": set(), "image": set()}
+    for annotation in read_json(world_dir / annotations_name("train"))["annotations"]:
+        for item_id in annotation.get("relevant_ids") or []:
+            by_kind["image" if has_image[item_id] else "text"].add(texts[annotation["question_id"]])
+    every = sorted(set().union(*by_kind.values()))
+    return {kind: sorted(questions) or every for kind, questions in by_kind.items()}
+
+
+def write_invented_pairs(world_dir: str | Path, out_dir: str | Path, count: int, seed: int) -> dict[str, int]:
+    """Write ``count`` invented-creature pairs of the world in ``world_dir`` as ``out_dir/pairs.jsonl``
+    with their renderings in ``out_dir/images/`` as PNG (lossless: the query sees the rendering's exact
+    pixels, as when it was drawn in memory). Record r (its own random stream) is a fact text with a
+    training question a text item answers, or (half of them) a caption with one an image item answers."""
+    world_dir, out_dir = Path(world_dir), Path(out_dir)
+    manifest = load_manifest(world_dir)
+    entities = manifest["entities"]
+    source = InventedPairs(seed, manifest["settings"]["image_size"], [e["attributes"] for e in entities],
+                           [e["name"] for e in entities])
+    questions = training_questions_by_item_kind(world_dir)
+    (out_dir / IMAGE_DIR).mkdir(parents=True)
+    lines = []
+    for record in range(count):
+        rng = np.random.default_rng([seed, _STREAM_EXTRA_PAIRS, record])
+        facts = bool(rng.random() < 0.5)
+        image, item = source.pair(rng, facts)
+        pool = questions["text" if facts else "image"]
+        image_path = f"{IMAGE_DIR}/{record:06d}.png"
+        image.save(out_dir / image_path, format="PNG")
+        lines.append(json.dumps({"image": image_path, "question": pool[int(rng.integers(len(pool)))],
+                                 "item": {"id": item.id, "text": item.text, "title": item.title}},
+                                ensure_ascii=False, separators=(",", ":")))
+    (out_dir / EXTRA_PAIRS_NAME).write_text("\n".join(lines) + "\n" if lines else "", "utf-8")
+    return {"records": count}

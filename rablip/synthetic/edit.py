@@ -34,7 +34,7 @@ from rablip.synthetic.files import (
     write_json,
     write_jsonl,
 )
-from rablip.synthetic.questions import annotations_file, questions_file, ten_answers
+from rablip.synthetic.questions import annotations_file, is_knowledge, questions_file, ten_answers
 from rablip.synthetic.vocab import HIDDEN_FACTS
 
 _STREAM_EDIT = 5
@@ -98,7 +98,7 @@ def edit_world(world_dir: str | Path, *, fraction: float = 0.2, seed: int | None
     new_questions, new_annotations, answer_changes = [], [], {}
     for annotation in read_json(world_dir / annotations_name("test"))["annotations"]:
         change = edits.get(annotation["entity_id"], {}).get(annotation["attribute"])
-        if change is None or annotation["question_type"] != "knowledge":
+        if change is None or not is_knowledge(annotation["question_type"]):
             continue
         old, new = change
         question_id = annotation["question_id"]

@@ -10,6 +10,9 @@ world_dir/
   {split}2014/COCO_{split}2014_{image_id:012d}.jpg
   align/                                       the generator's alignment split (aligning.py), same layout
   kb_edited.jsonl, edit/                       written by the knowledge-edit mode (edit.py)
+  kb_store/                                    the knowledge-base store (make.py)
+  tiny-instructblip-llama/                     the tiny generator checkpoint (tiny_model.py)
+  extra_pairs/pairs.jsonl, extra_pairs/images/ extra pre-training pairs (describing.py)
 ```
 """
 
@@ -30,6 +33,10 @@ EDITED_KB_NAME = "kb_edited.jsonl"
 EDIT_DIR = "edit"
 ALIGN_DIR = "align"
 EDIT_MANIFEST_NAME = "edits.json"
+KB_STORE_DIR = "kb_store"
+TINY_CHECKPOINT_DIR = "tiny-instructblip-llama"
+EXTRA_PAIRS_DIR = "extra_pairs"
+EXTRA_PAIRS_NAME = "pairs.jsonl"
 
 
 def questions_name(split: str) -> str:

@@ -3,7 +3,9 @@
 Three question kinds, several paraphrases each, none naming the entity or containing any answer:
 ``knowledge`` asks a hidden fact (answerable only with the KB's fact item), ``visual`` asks a visible
 attribute (answerable from the image), ``naming`` asks the made-up name (answerable with the KB's
-image + caption item, which links the look to the name).
+image + caption item, which links the look to the name). The OK-VQA ``question_type`` is the
+question's report group (:data:`QUESTION_GROUPS`): ``knowledge/seen`` or ``knowledge/unseen`` (whether
+training asks about the entity), ``visual`` or ``naming``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from rablip.synthetic.entities import Entity
 from rablip.synthetic.vocab import ANSWER_TYPES, VARIANTS
 
 QUESTION_KINDS = ("knowledge", "visual", "naming")
+QUESTION_GROUPS = ("knowledge/seen", "knowledge/unseen", "visual", "naming")
+"""The question types the world's annotations carry: the evaluation report's question groups."""
 NUM_ANSWERS = 10
 MAX_VARIANT_ANSWERS = 3
 """At most 3 of the 10 answers are variants, so the canonical answer always scores 100."""
@@ -91,6 +95,19 @@ def relevant_ids(entity: Entity, kind: str) -> list[str]:
     return [entity.kb_ids["image"], entity.kb_ids["facts"]]
 
 
+def question_group(entity: Entity, kind: str) -> str:
+    """The ``question_type`` of a ``kind`` question about ``entity``: knowledge questions are split by
+    whether the entity is seen in training."""
+    if kind == "knowledge":
+        return f"knowledge/{'seen' if entity.role == 'seen' else 'unseen'}"
+    return kind
+
+
+def is_knowledge(question_type: str) -> bool:
+    """Whether a ``question_type`` of the world's annotations is a knowledge question."""
+    return question_type.startswith("knowledge")
+
+
 def ten_answers(canonical: str, rng: np.random.Generator) -> list[dict]:
     """OK-VQA's 10 annotator answers: mostly ``canonical``, a few accepted variants where they exist."""
     variants = VARIANTS.get(canonical, ())
@@ -123,7 +140,7 @@ def make_question(
     annotation = {
         "image_id": image_id,
         "question_id": question_id,
-        "question_type": kind,
+        "question_type": question_group(entity, kind),
         "answer_type": ANSWER_TYPES.get(attribute, "other"),
         "confidence": 3,
         "answers": ten_answers(answer_of(entity, attribute), rng),
@@ -154,6 +171,6 @@ def annotations_file(split: str, annotations: list[dict]) -> dict:
         "license": {"name": "CC0 1.0 (generated data)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"},
         "data_type": "mscoco",
         "data_subtype": f"{split}2014",
-        "question_types": {kind: kind for kind in QUESTION_KINDS},
+        "question_types": {group: group for group in QUESTION_GROUPS},
         "annotations": annotations,
     }

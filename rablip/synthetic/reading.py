@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rablip.data import prompts
+from rablip.models import prompts
 from rablip.synthetic.entities import Entity, invented_entity, make_names
 from rablip.synthetic.questions import KNOWLEDGE_ATTRIBUTES, TEMPLATES, VISUAL_ATTRIBUTE_KEYS
 from rablip.synthetic.viewing import invented_look, look_combinations

@@ -101,7 +101,8 @@ def _split_entities(entities: list[Entity]) -> dict[str, list[Entity]]:
     }
 
 
-def _save_jpeg(image, path: Path, quality: int) -> None:
+def save_jpeg(image, path: Path, quality: int) -> None:
+    """Save a rendering as a deterministic JPEG (fixed quality, no chroma subsampling)."""
     image.save(path, format="JPEG", quality=quality, subsampling=0, optimize=False)
 
 
@@ -112,7 +113,7 @@ def _write_kb(root: Path, entities: list[Entity], settings: WorldSettings) -> li
     for entity in entities:
         rng = np.random.default_rng([settings.seed, _STREAM_KB_IMAGES, int(entity.id[1:])])
         image_path = f"{KB_IMAGE_DIR}/{entity.id}.jpg"
-        _save_jpeg(render_entity(entity.attributes, rng, settings.image_size), root / image_path, settings.jpeg_quality)
+        save_jpeg(render_entity(entity.attributes, rng, settings.image_size), root / image_path, settings.jpeg_quality)
         items.append({"id": entity.kb_ids["image"], "text": entity.caption(), "title": entity.name, "image": image_path})
         items.append({"id": entity.kb_ids["facts"], "text": entity.facts_text(), "title": entity.name})
     write_jsonl(root / KB_NAME, items)
@@ -134,7 +135,7 @@ def _write_split(root: Path, split: str, entities: list[Entity], images_per_enti
         image_id = _IMAGE_ID_BASE[split] + position + 1
         image_rng = np.random.default_rng([settings.seed, _STREAM_QUESTION_IMAGES, split_index, image_id])
         image = render_entity(entity.attributes, image_rng, settings.image_size)
-        _save_jpeg(image, root / image_relpath(split, image_id), settings.jpeg_quality)
+        save_jpeg(image, root / image_relpath(split, image_id), settings.jpeg_quality)
         knowledge_offset, visual_offset = offsets[entity.id]
         asked = {
             "knowledge": KNOWLEDGE_ATTRIBUTES[(j + knowledge_offset) % len(KNOWLEDGE_ATTRIBUTES)],
@@ -224,7 +225,7 @@ def build_world(out_dir: str | Path, settings: WorldSettings | None = None, *, o
         if settings.align_images:
             manifest["align"] = {"dir": ALIGN_DIR, **write_align_split(
                 staging / ALIGN_DIR, settings.align_images, settings.seed, settings.image_size,
-                [e.attributes for e in entities], lambda image, path: _save_jpeg(image, path, settings.jpeg_quality))}
+                [e.attributes for e in entities], lambda image, path: save_jpeg(image, path, settings.jpeg_quality))}
         write_json(staging / MANIFEST_NAME, manifest, indent=2)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from rablip.data import prompts
+from rablip.models import prompts
 from rablip.synthetic.files import (
     EDIT_DIR,
     EDITED_KB_NAME,
@@ -26,7 +26,7 @@ from rablip.synthetic.tokenizer_training import train_tokenizer
 
 
 def prompt_texts() -> list[str]:
-    """The words of every prompt template in :mod:`rablip.data.prompts` (placeholders removed) and
+    """The words of every prompt template in :mod:`rablip.models.prompts` (placeholders removed) and
     the reference numbers, so no prompt word falls apart into characters."""
     templates = [value for name, value in vars(prompts).items() if name.isupper() and isinstance(value, str)]
     texts = [" ".join(re.sub(r"\{[^{}]*\}", " ", template).split()) for template in templates]

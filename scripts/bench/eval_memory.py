@@ -61,23 +61,23 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def world_overrides(world: Path) -> list[str]:
     """Config overrides that point the synthetic config at the benchmark's world."""
-    return [f"data.synthetic.world_dir={world}", f"data.synthetic.entities={WORLD_ENTITIES}"]
+    return [f"data.root={world}"]
 
 
 def prepare_world_and_model(world: Path, seed: int) -> None:
     """The synthetic world (question images, tokenizer texts) and the tiny generator built on it."""
-    from rablip.config import load_config
-    from rablip.models.factory import ensure_generator_checkpoint
-    from rablip.synthetic.world import WorldSettings, build_world
+    from rablip.synthetic.make import make_synthetic
+    from rablip.synthetic.settings import load_settings
 
-    build_world(world, WorldSettings(seed=seed, entities=WORLD_ENTITIES))
-    ensure_generator_checkpoint(load_config(str(EVAL_CONFIG), world_overrides(world)))
+    settings = load_settings(None, [f"seed={seed}", f"world.entities={WORLD_ENTITIES}", "warmup.vision_steps=0",
+                                    "warmup.reading_steps=0", "extra_pairs.count=0"])
+    make_synthetic(world, settings, parts=("world", "checkpoint"))
 
 
 def build_kb(directory: Path, items: int, seed: int) -> Path:
     """A store of ``items`` generated text items under ``directory``; the JSONL is removed after."""
-    from rablip.data.kb import build_kb_store
     from rablip.data.kb_sources import iter_kb_jsonl
+    from rablip.data.kb_writer import build_kb_store
 
     directory.mkdir(parents=True, exist_ok=True)
     jsonl = directory / "kb.jsonl"

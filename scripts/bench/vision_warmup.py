@@ -31,9 +31,9 @@ from transformers import BlipImageProcessor, InstructBlipVisionConfig, InstructB
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from rablip.models.factory import CLIP_MEAN, CLIP_STD  # noqa: E402
 from rablip.models.vision import TimmVisionEncoder  # noqa: E402
 from rablip.synthetic.files import annotations_name, image_relpath, load_manifest  # noqa: E402
+from rablip.synthetic.tiny_model import CLIP_MEAN, CLIP_STD  # noqa: E402
 from rablip.synthetic.viewing import POOL, attribute_label, class_counts, viewing_batches  # noqa: E402
 from rablip.synthetic.vision_warmup import AttributeHeads, attribute_loss, warm_up_vision_model  # noqa: E402
 from rablip.synthetic.vocab import VISUAL_ATTRIBUTES  # noqa: E402

@@ -7,6 +7,7 @@ import pytest
 from rablip.config.load import CONFIGS_DIR, load_config, to_yaml
 from rablip.config.schema import Config
 from rablip.errors import ConfigError
+from rablip.synthetic.settings import load_settings
 
 ALL_CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
 
@@ -33,14 +34,12 @@ def test_required_experiments_and_models_exist():
     assert {"tiny", "instructblip_flant5xl", "instructblip_flant5xxl", "instructblip_vicuna7b", "blip2_opt2.7b"} <= models
 
 
-def test_published_sizes():
-    xl = load_config(CONFIGS_DIR / "model" / "instructblip_flant5xl.yaml").model.arch
-    assert (xl.vision_hidden_size, xl.vision_layers, xl.qformer_hidden_size, xl.num_query_tokens) == (1408, 39, 768, 32)
-    assert (xl.llm_type, xl.llm_hidden_size, xl.llm_layers) == ("t5", 2048, 24)
-    vicuna = load_config(CONFIGS_DIR / "model" / "instructblip_vicuna7b.yaml").model.arch
-    assert (vicuna.llm_type, vicuna.llm_hidden_size, vicuna.llm_layers) == ("llama", 4096, 32)
-    opt = load_config(CONFIGS_DIR / "model" / "blip2_opt2.7b.yaml").model
-    assert opt.qformer_instruction is False and opt.arch.llm_hidden_size == 2560
+def test_published_models_point_at_their_checkpoints():
+    # A checkpoint brings its sizes (there is no model.arch): each config names its published dir.
+    for name, checkpoint in (("instructblip_flant5xl", "instructblip-flan-t5-xl"),
+                             ("instructblip_flant5xxl", "instructblip-flan-t5-xxl"),
+                             ("instructblip_vicuna7b", "instructblip-vicuna-7b"), ("blip2_opt2.7b", "blip2-opt-2.7b")):
+        assert load_config(CONFIGS_DIR / "model" / f"{name}.yaml").model.checkpoint == f"checkpoints/{checkpoint}"
 
 
 def test_required_keys_exist():
@@ -63,7 +62,7 @@ def test_defaults_compose_in_order_and_file_overrides_its_defaults(tmp_path):
 
 def test_defaults_relative_to_configs_dir(tmp_path):
     top = write(tmp_path / "x.yaml", "defaults: [model/tiny]\n")
-    assert load_config(top).model.arch.vision_hidden_size == 64
+    assert load_config(top).model.fusion.dim == 64
 
 
 def test_interpolation(tmp_path):
@@ -78,14 +77,15 @@ def test_interpolation(tmp_path):
     ("run.resume=true", lambda c: c.run.resume is True),
     ("model.trainable=[qformer,query_tokens]", lambda c: c.model.trainable == ["qformer", "query_tokens"]),
     ("train.betas=[0.8,0.95]", lambda c: c.train.betas == [0.8, 0.95]),
-    ("model.arch.llm_type=opt", lambda c: c.model.arch.llm_type == "opt"),
+    ("model.fusion.layers=4", lambda c: c.model.fusion.layers == 4),
     ("data.kb={format: wit_tsv, path: x.tsv}", lambda c: (c.data.kb.format, c.data.kb.path) == ("wit_tsv", "x.tsv")),
     ("run.name=", lambda c: c.run.name == ""),
     ("eval.lemmatize=false", lambda c: c.eval.lemmatize is False),
     ("train.mixed_precision=no", lambda c: c.train.mixed_precision == "no"),
 ])
 def test_override_kinds(override, check):
-    assert check(load_config(CONFIGS_DIR / "experiment" / "synthetic_finetune.yaml", [override]))
+    # data.root cleared: a relative path stays as given (it would resolve under the synthetic world)
+    assert check(load_config(CONFIGS_DIR / "experiment" / "synthetic_finetune.yaml", ["data.root=", override]))
 
 
 def test_later_override_wins():
@@ -206,9 +206,25 @@ def test_yaml_round_trip_of_resolved_config(tmp_path):
 
 
 def test_copy_ready_init_is_refused_for_an_encoder_decoder_llm():
-    assert load_config(None, ["model.arch.llm_type=llama", "model.arch.llm_copy_init=true"]).model.arch.llm_copy_init
-    with pytest.raises(ConfigError, match="model.arch.llm_copy_init.*decoder-only"):
-        load_config(None, ["model.arch.llm_type=t5", "model.arch.llm_copy_init=true"])
+    # The tiny model's settings moved to rablip.synthetic.settings (make_synthetic.py reads them).
+    assert load_settings(None, ["model.llm_type=llama", "model.llm_copy_init=true"]).model.llm_copy_init
+    with pytest.raises(ConfigError, match="model.llm_copy_init.*decoder-only"):
+        load_settings(None, ["model.llm_type=t5", "model.llm_copy_init=true"])
+
+
+def test_relative_data_paths_resolve_under_data_root_once(tmp_path):
+    cfg = load_config(CONFIGS_DIR / "experiment" / "synthetic_pretrain.yaml", [f"data.root={tmp_path}"])
+    assert cfg.data.train.path == str(tmp_path / "OpenEnded_mscoco_train2014_questions.json")
+    assert (cfg.data.train.image_root, cfg.data.kb.root) == (str(tmp_path), str(tmp_path))
+    assert cfg.data.kb.store_dir == str(tmp_path / "kb_store")
+    assert cfg.data.extra_pairs.path == str(tmp_path / "extra_pairs" / "pairs.jsonl")
+    assert cfg.model.checkpoint == f"{tmp_path}/tiny-instructblip-llama", "interpolated, not resolved"
+    absolute = load_config(None, [f"data.root={tmp_path}", "data.val.path=/elsewhere/v.json", "data.kb.path="])
+    assert (absolute.data.val.path, absolute.data.kb.path) == ("/elsewhere/v.json", "")
+    saved = write(tmp_path / "resolved.yaml", to_yaml(cfg))
+    assert load_config(saved) == cfg, "a saved config.yaml loads unchanged"
+    relative = load_config(None, ["data.root=some/dir", "data.test.path=t.json"])
+    assert relative.data.test.path == str(Path.cwd() / "some" / "dir" / "t.json")
 
 
 def test_negative_pretraining_loss_weights_are_refused():

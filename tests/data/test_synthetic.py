@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from rablip.data.okvqa import load_okvqa
+from rablip.benchmarks.okvqa import load_okvqa
 from rablip.errors import DataError
 from rablip.synthetic.aligning import write_align_split
 from rablip.synthetic.edit import edit_world
@@ -120,7 +120,7 @@ def test_kb_items_and_relevant_ids(world, manifest):
             canonical = max(sorted(set(texts)), key=texts.count)
             for item_id in annotation["relevant_ids"]:
                 assert re.search(rf"\b{re.escape(canonical)}\b", by_id[item_id]["text"]), (annotation, item_id)
-            if annotation["question_type"] == "knowledge":
+            if annotation["question_type"].startswith("knowledge"):
                 assert canonical not in by_id[entity["kb_ids"]["image"]]["text"].split()
 
 
@@ -139,7 +139,9 @@ def test_files_follow_the_okvqa_format(world):
             assert {"image_id", "question_id", "question_type", "answer_type", "confidence", "answers",
                     "relevant_ids", "entity_id", "seen_entity"} <= set(annotation)
             assert annotation["image_id"] == questions[annotation["question_id"]]["image_id"]
-            assert annotation["question_type"] in ("knowledge", "visual", "naming")
+            assert annotation["question_type"] in ("knowledge/seen", "knowledge/unseen", "visual", "naming")
+            knowledge = "knowledge/" + ("seen" if annotation["seen_entity"] else "unseen")
+            assert annotation["question_type"] in (knowledge, "visual", "naming"), "the report group"
             answers = annotation["answers"]
             assert len(answers) == 10 and [a["answer_id"] for a in answers] == list(range(1, 11))
             for answer in answers:
@@ -151,7 +153,7 @@ def test_files_follow_the_okvqa_format(world):
             with Image.open(world / image_relpath(split, question["image_id"])) as image:
                 assert image.format == "JPEG" and image.size == (TINY.image_size, TINY.image_size)
     kinds = {a["question_type"] for a in _load(world, "train")[1]}
-    assert kinds == {"knowledge", "visual", "naming"}
+    assert kinds == {"knowledge/seen", "visual", "naming"}, "train asks about seen entities only"
 
 
 def test_two_renderings_differ_but_keep_the_visible_attributes():
@@ -201,7 +203,7 @@ def test_knowledge_edit_changes_answers_and_kb_consistently(world, manifest, tmp
 
     _, test_annotations = _load(world, "test")
     expected = {a["question_id"] for a in test_annotations
-                if a["question_type"] == "knowledge" and a["attribute"] in edits["entities"].get(a["entity_id"], {})}
+                if a["question_type"].startswith("knowledge") and a["attribute"] in edits["entities"].get(a["entity_id"], {})}
     key = json.loads((world / "edit" / annotations_name("test")).read_text())["annotations"]
     questions = json.loads((world / "edit" / questions_name("test")).read_text())["questions"]
     assert {a["question_id"] for a in key} == {q["question_id"] for q in questions} == expected
@@ -217,7 +219,8 @@ def test_cli_builds_a_world(tmp_path):
     spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "scripts" / "make_synthetic.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    args = ["--out", str(tmp_path / "w"), "--seed", "1", "--entities", "6", "--distractors", "2",
+    # the world alone (--only world); tests/data/test_make_synthetic.py builds every part
+    args = ["--out", str(tmp_path / "w"), "--only", "world", "--seed", "1", "--entities", "6", "--distractors", "2",
             "--image-size", "24", "--train-images", "1", "--eval-images", "1", "--align-images", "3"]
     assert module.main(args) == 0
     manifest = json.loads((tmp_path / "w" / "world.json").read_text())
@@ -277,7 +280,7 @@ def test_align_renderings_never_take_an_avoided_look(tmp_path):
 
 
 def test_okvqa_loader_reads_the_val_split(world):
-    okvqa = pytest.importorskip("rablip.data.okvqa")
+    okvqa = pytest.importorskip("rablip.benchmarks.okvqa")
     examples = okvqa.load_okvqa(
         world / questions_name("val"), world / annotations_name("val"), image_root=world, image_split="val2014"
     )
@@ -312,4 +315,4 @@ def test_val_annotations_score_with_the_official_vqa_metric(world, tmp_path):
         scores = score_vqa_files(world / "OpenEnded_mscoco_val2014_questions.json",
                                  world / "mscoco_val2014_annotations.json", path)
         assert scores["overall"] == expected
-        assert set(scores["per_question_type"]) == {"knowledge", "visual", "naming"}
+        assert set(scores["per_question_type"]) == {"knowledge/seen", "knowledge/unseen", "visual", "naming"}

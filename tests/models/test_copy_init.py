@@ -1,4 +1,4 @@
-"""The copy-ready initialisation of a tiny decoder-only LLM (``model.arch.llm_copy_init``)."""
+"""The copy-ready initialisation of a tiny decoder-only LLM (the synthetic setting ``model.llm_copy_init``)."""
 
 import pytest
 import torch

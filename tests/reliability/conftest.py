@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rablip.config import load_config
-from rablip.data.prepare import prepare_data
-from rablip.models.factory import ensure_generator_checkpoint
+from rablip.synthetic.files import TINY_CHECKPOINT_DIR
+from tests.retrieval.tiny_world import FINETUNE_WORLD, build_world
 
 ROOT = Path(__file__).resolve().parents[2]
 FINETUNE_CONFIG = ROOT / "configs" / "experiment" / "synthetic_finetune.yaml"
@@ -36,14 +35,11 @@ class FinetuneWorld:
 
     def args(self, run_dir: Path, *extra: str) -> list[str]:
         """``run_finetune.py`` arguments for two tiny steps on this world, writing into ``run_dir``."""
-        return ["--config", str(FINETUNE_CONFIG), "data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={self.world_dir}",
-                f"model.checkpoint={self.checkpoint}", "train.max_steps=2", "train.batch_size=2",
+        return ["--config", str(FINETUNE_CONFIG), f"data.root={self.world_dir}", f"model.checkpoint={self.checkpoint}", "train.max_steps=2", "train.batch_size=2",
                 "train.warmup_steps=1", "train.eval_every=0", f"run.output_dir={run_dir}", *extra]
 
 
 @pytest.fixture(scope="session")
 def tiny_finetune_world(tmp_path_factory) -> FinetuneWorld:
-    world = tmp_path_factory.mktemp("reliability_world") / "world"
-    cfg = load_config(str(FINETUNE_CONFIG), ["data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={world}"])
-    prepare_data(cfg)
-    return FinetuneWorld(world, ensure_generator_checkpoint(cfg))
+    world = build_world(tmp_path_factory.mktemp("reliability_world") / "world", *FINETUNE_WORLD)
+    return FinetuneWorld(world, world / TINY_CHECKPOINT_DIR)

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rablip.evaluation.cli import score_main
+from rablip.benchmarks.cli import score_main
 from rablip.retrieval import search
 from rablip.retrieval.index import build_index
 from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
 from rablip.utils.cli import run_main
+from tests.benchmarks.test_webqa import _train_val, _write_tsv
 from tests.data.image_fixtures import noisy_jpeg
-from tests.data.test_webqa import _train_val, _write_tsv
 from tests.evaluation.test_score_cli import _vqa_files
 from tests.reliability.conftest import FINETUNE_CONFIG, ROOT, FinetuneWorld, entry_main
 
@@ -253,7 +253,9 @@ def _okvqa_predictions(tmp: Path, content: str | bytes) -> list[str]:
 
 
 def predictions_unknown_id(tmp: Path) -> list[str]:
-    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 99, "answer": "x"}]))
+    """Refused under --strict (by default an unknown id is ignored with a warning, as the official scripts do)."""
+    return [*_okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 99, "answer": "x"}])),
+            "--strict"]
 
 
 def predictions_missing_answer(tmp: Path) -> list[str]:
@@ -299,7 +301,7 @@ def webqa_missing_answer(tmp: Path) -> list[str]:
 
 def _eval_args(tmp: Path, world: FinetuneWorld, *extra: str) -> list[str]:
     """``run_eval.py`` arguments answering the world's test split with its base generator."""
-    return ["--config", str(EVAL_CONFIG), "data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={world.world_dir}",
+    return ["--config", str(EVAL_CONFIG), f"data.root={world.world_dir}",
             f"model.checkpoint={world.checkpoint}", f"eval.checkpoint={world.checkpoint}", "eval.batch_size=4",
             "eval.k_sweep=[]", "eval.report=false", f"run.output_dir={tmp / 'run'}", *extra]
 
@@ -549,7 +551,7 @@ def test_debug_shows_the_traceback(tmp_path):
     ["run_finetune.py", "--config", str(FINETUNE_CONFIG), "train.lrr=1"],
     ["run_eval.py", "--config", str(EVAL_CONFIG), "eval.retrieval_only=true", "retrieval.source=gold",
      "run.output_dir={tmp}/run"],
-    ["-m", "rablip.evaluation.cli", "okvqa", "--questions", "{tmp}/q.json", "--annotations", "{tmp}/q.json",
+    ["-m", "rablip.benchmarks.cli", "okvqa", "--questions", "{tmp}/q.json", "--annotations", "{tmp}/q.json",
      "--predictions", "{tmp}/q.json"],
 ], ids=["run_finetune", "run_eval", "rablip-score"])
 def test_real_processes_exit_2_without_traceback(command, tmp_path):

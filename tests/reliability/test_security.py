@@ -23,7 +23,8 @@ from PIL import Image
 
 from rablip.config import sweep as sweep_module
 from rablip.data.images import ImageLoader
-from rablip.data.kb import KBStore, build_kb_store
+from rablip.data.kb import KBStore
+from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
 from rablip.errors import DataError, RablipError
 from rablip.models.convert import read_lavis_checkpoint

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from rablip.data.images import ImageLoader
-from rablip.data.kb import KBStore, build_kb_store
+from rablip.data.kb import KBStore
+from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
 from rablip.errors import RablipError
 from rablip.models.fusion import MultimodalRetrievalEncoder

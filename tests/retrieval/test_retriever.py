@@ -18,16 +18,16 @@ import pytest
 import torch
 from PIL import Image
 
+from rablip.benchmarks import load_split
 from rablip.data.images import ImageLoader
-from rablip.data.kb import KBStore, build_kb_store
-from rablip.data.records import KBItem, QAExample
-from rablip.data.splits import load_split
+from rablip.data.kb import KBStore
+from rablip.data.kb_writer import build_kb_store
+from rablip.data.records import KBItem
 from rablip.errors import RablipError
 from rablip.models.fusion import MultimodalRetrievalEncoder
 from rablip.models.rerank import FusionReranker
 from rablip.retrieval.cache import cache_depth, cache_paths, retrieve_split_cached
 from rablip.retrieval.components import encoder_fingerprint, retrieval_batcher
-from rablip.retrieval.evaluate import evaluate_retrieval
 from rablip.retrieval.group_build import IndexRequest, build_group_indexes
 from rablip.retrieval.groups import GroupIndexes
 from rablip.retrieval.retriever import Retriever, expand_question
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
 def controlled(world):
     """A store of 3 image and 3 text items whose embeddings are set from real query embeddings."""
     tmp, cfg = world
-    names = [entity["name"] for entity in read_json(f"{cfg.data.synthetic.world_dir}/world.json")["entities"]]
+    names = [entity["name"] for entity in read_json(f"{cfg.data.root}/world.json")["entities"]]
     beta, alpha, gamma, delta = names[:4]
     items = [KBItem("img-beta", "image+text", _png((200, 20, 20)), "a red creature", beta),
              KBItem("img-alpha", "image", _png((20, 20, 200)), "", alpha),
@@ -218,7 +218,7 @@ def test_split_cache_is_written_reused_and_recomputed_when_settings_change(world
     run_dir.mkdir()
     examples = load_split(cfg.data, "val")
     with one_thread():
-        first = retrieve_split_cached(cfg, "val", run_dir)
+        first = retrieve_split_cached(cfg, "val", examples, run_dir)
     results_path, meta_path = cache_paths(run_dir, "val")
     assert set(first) == {ex.id for ex in examples}
     assert all(len(hits) == cache_depth(cfg) for hits in first.values())
@@ -226,24 +226,10 @@ def test_split_cache_is_written_reused_and_recomputed_when_settings_change(world
     lines = [json.loads(line) for line in results_path.read_text().splitlines()]
     lines[0]["items"][0]["score"] = 123.0
     results_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    reused = retrieve_split_cached(cfg, "val", run_dir)
+    reused = retrieve_split_cached(cfg, "val", examples, run_dir)
     assert reused[lines[0]["id"]][0][1] == 123.0
     changed = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp) + ["retrieval.k=6"])
     with one_thread():
-        recomputed = retrieve_split_cached(changed, "val", run_dir)
+        recomputed = retrieve_split_cached(changed, "val", examples, run_dir)
     assert recomputed[lines[0]["id"]][0][1] != 123.0 and len(recomputed[lines[0]["id"]]) == 12
     assert read_json(meta_path)["depth"] == 12
-
-
-def test_evaluate_retrieval_scores_ranked_ids_and_webqa_f1():
-    examples = [QAExample("q1", None, "?", relevant_ids=["a"]), QAExample("q2", None, "?", relevant_ids=["b", "c"]),
-                QAExample("q3", None, "?")]
-    results = {"q1": [("a", 0.9), ("x", 0.5)], "q2": [("x", 0.9), ("c", 0.8), ("b", 0.1)]}
-    scores = evaluate_retrieval(results, examples, dataset="webqa", ks=(1, 2))
-    assert scores["recall@1"] == 50.0 and scores["recall@2"] == 100.0
-    assert scores["precision@2"] == pytest.approx(50.0)
-    assert scores["mrr"] == pytest.approx((1.0 + 0.5) / 2)
-    # q1: chosen {a, x} vs {a}: P 1/2, R 1 -> 2/3; q2: chosen {x, c} vs {b, c}: P 1/2, R 1/2 -> 1/2.
-    assert scores["webqa_retrieval_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
-    assert scores["questions"] == 2 and scores["questions_without_results"] == 0
-    assert "webqa_retrieval_f1" not in evaluate_retrieval(results, examples, dataset="okvqa")

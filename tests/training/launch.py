@@ -85,6 +85,5 @@ def final_bytes(run_dir: Path) -> bytes:
 
 def finetune_args(world: Path, run_dir: Path, *extra: str) -> list[str]:
     """``run_finetune.py`` arguments for a tiny synthetic world at ``world``: 16 steps of batch 4."""
-    return ["--config", FINETUNE_CONFIG, "data.synthetic.entities=12", "data.synthetic.align_images=8", f"data.synthetic.world_dir={world}",
-            f"model.checkpoint={world}/tiny-instructblip-llama", "train.max_steps=16", "train.save_every=2",
+    return ["--config", FINETUNE_CONFIG, f"data.root={world}", f"model.checkpoint={world}/tiny-instructblip-llama", "train.max_steps=16", "train.save_every=2",
             "train.batch_size=4", "train.warmup_steps=4", "log.every=1", f"run.output_dir={run_dir}", *extra]

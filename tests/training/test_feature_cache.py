@@ -13,15 +13,17 @@ import torch
 from PIL import Image
 from transformers import BlipImageProcessor
 
+from rablip.benchmarks import load_split
 from rablip.config import load_config
-from rablip.data.kb import KBStore, build_kb_store
-from rablip.data.prepare import prepare_data
+from rablip.data.kb import KBStore
+from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
-from rablip.data.splits import load_split
 from rablip.errors import ConfigError
 from rablip.models import RABlipForConditionalGeneration
-from rablip.models.factory import build_collator, load_generator
-from rablip.stages.finetune import FinetuneDataset, ReferenceSource, flatten_collate, max_references
+from rablip.models.factory import load_generator
+from rablip.models.processing import build_collator
+from rablip.retrieval.references import ranked_references
+from rablip.stages.finetune import FinetuneDataset, flatten_collate, max_references
 from rablip.synthetic.build import build_tiny_checkpoint, randomize_weights, tiny_architecture
 from rablip.training import feature_cache as fc
 from rablip.training.feature_cache import (
@@ -34,6 +36,7 @@ from rablip.training.feature_cache import (
     cache_key,
     open_or_build,
 )
+from tests.retrieval.tiny_world import FINETUNE_WORLD, build_world
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
 
 IMAGE_SIZE = 32  # the tiny architecture's vision input
@@ -309,9 +312,8 @@ def test_damaged_cache_is_refused_and_rebuilt(model, kb, processor, tmp_path):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
+    build_world(root / "world", *FINETUNE_WORLD)
     cfg = load_config(FINETUNE_CONFIG, finetune_args(root / "world", root / "unused")[2:])
-    prepare_data(cfg)
-    load_generator(cfg)  # builds the tiny checkpoint on first use
     # Spread the vision tower's weights, so that its features are O(1) whatever initialisation the
     # checkpoint builder uses (transformers' own leaves a ViT's near 1e-6, where float16 keeps no precision).
     checkpoint = RABlipForConditionalGeneration.from_pretrained(cfg.model.checkpoint)
@@ -354,7 +356,8 @@ def test_finetuning_with_the_cache_follows_the_uncached_losses(world, tmp_path):
     calls = count_vision_images(model)
     cache = cache_for_run(cfg, model, collator.image_processor, store, is_main_process=False)
     assert calls[0] == 0, "the cache the run built is reused"
-    examples, references = load_split(cfg.data, "train"), ReferenceSource(cfg, tmp_path)
+    examples = load_split(cfg.data, "train")
+    references = ranked_references(cfg, examples, "train", tmp_path)
     batch = flatten_collate(collator)([FinetuneDataset(cfg, examples, store, references, cache)[(i, 0)]
                                        for i in range(4)])
     uncached = flatten_collate(collator)([FinetuneDataset(cfg, examples, store, references)[(i, 0)] for i in range(4)])

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from tests.retrieval.tiny_world import FINETUNE_WORLD, build_world
 from tests.training.launch import (
     FINETUNE,
     checkpoint_steps,
@@ -23,8 +24,9 @@ from tests.training.launch import (
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """An uninterrupted 16-step run; it also builds the world (data, KB store, tiny model) once."""
+    """An uninterrupted 16-step run on a world (data, KB store, tiny model) built once."""
     root = tmp_path_factory.mktemp("finetune")
+    build_world(root / "world", *FINETUNE_WORLD)
     result = run(FINETUNE, finetune_args(root / "world", root / "baseline"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "world", root / "baseline"

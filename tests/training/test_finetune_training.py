@@ -8,21 +8,23 @@ import json
 import pytest
 import torch
 
+from rablip.benchmarks import load_split
 from rablip.config import load_config
 from rablip.data.kb import KBStore
-from rablip.data.prepare import prepare_data
-from rablip.data.splits import load_split
 from rablip.errors import ConfigError
-from rablip.models.factory import build_collator, load_generator
+from rablip.models.factory import load_generator
+from rablip.models.processing import build_collator
+from rablip.retrieval.references import ranked_references
 from rablip.stages.finetune import (
     FinetuneDataset,
-    ReferenceSource,
     answer_loss,
     flatten_collate,
     max_references,
     replay_examples,
 )
+from rablip.synthetic.settings import load_settings
 from rablip.training.counterfactual import CounterfactualAnswers
+from tests.retrieval.tiny_world import FINETUNE_WORLD, build_world
 from tests.training.launch import FINETUNE, FINETUNE_CONFIG, finetune_args, metrics_lines, run
 
 
@@ -32,11 +34,7 @@ def world_config(world, run_dir, *extra):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    cfg = world_config(root / "world", root / "unused")
-    prepare_data(cfg)
-    load_generator(cfg)  # builds the tiny checkpoint on first use
-    return root / "world"
+    return build_world(tmp_path_factory.mktemp("world") / "world", *FINETUNE_WORLD)
 
 
 def test_a_few_steps_on_one_batch_lower_the_loss(world, tmp_path):
@@ -45,7 +43,8 @@ def test_a_few_steps_on_one_batch_lower_the_loss(world, tmp_path):
     model = load_generator(cfg)
     collator = build_collator(cfg, model, max_references(cfg))
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
-    dataset = FinetuneDataset(cfg, load_split(cfg.data, "train"), kb, ReferenceSource(cfg, tmp_path))
+    examples = load_split(cfg.data, "train")
+    dataset = FinetuneDataset(cfg, examples, kb, ranked_references(cfg, examples, "train", tmp_path))
     batch = flatten_collate(collator)([dataset[(i, 0)] for i in range(4)])
     assert (batch["sample_kind"] == 1).any(), "ASKG is on: the batch holds selection samples"
 
@@ -93,14 +92,15 @@ def test_finetune_on_two_ddp_ranks(world, tmp_path):
 
 
 def test_counterfactual_examples_read_the_swapped_answer_in_reference_and_target(world, tmp_path):
-    cfg = world_config(world, tmp_path / "run", "noise.counterfactual=1.0", "noise.counterfactual_types=[knowledge]",
+    cfg = world_config(world, tmp_path / "run", "noise.counterfactual=1.0", "noise.counterfactual_types=[knowledge/seen]",
                        "askg.enabled=false", "noise.random_snippets=0")
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
     examples = load_split(cfg.data, "train")
-    counterfactual = CounterfactualAnswers(examples, 1.0, ["knowledge"])
-    dataset = FinetuneDataset(cfg, examples, kb, ReferenceSource(cfg, tmp_path), counterfactual=counterfactual)
-    plain = FinetuneDataset(cfg, examples, kb, ReferenceSource(cfg, tmp_path))
-    knowledge = [i for i, ex in enumerate(examples) if ex.question_type == "knowledge"][:5]
+    counterfactual = CounterfactualAnswers(examples, 1.0, ["knowledge/seen"])
+    references = ranked_references(cfg, examples, "train", tmp_path)
+    dataset = FinetuneDataset(cfg, examples, kb, references, counterfactual=counterfactual)
+    plain = FinetuneDataset(cfg, examples, kb, references)
+    knowledge = [i for i, ex in enumerate(examples) if ex.question_type == "knowledge/seen"][:5]
     visual = [i for i, ex in enumerate(examples) if ex.question_type == "visual"][:5]
     for index in knowledge:
         (swapped,), (original,) = dataset[(index, 0)], plain[(index, 0)]
@@ -127,7 +127,7 @@ def test_replayed_examples_are_answered_from_the_image_alone(world, tmp_path):
     replay = replay_examples(cfg, train)
     assert len(replay) == 8, "fewer replay examples than the share asks for: all of them"
     assert {e.question_type for e in replay} == {"visual"}
-    dataset = FinetuneDataset(cfg, train + replay, kb, ReferenceSource(cfg, tmp_path), image_only={e.id for e in replay})
+    dataset = FinetuneDataset(cfg, train + replay, kb, ranked_references(cfg, train, "train", tmp_path), image_only={e.id for e in replay})
     for index in range(len(train), len(train) + len(replay)):
         samples = dataset[(index, 0)]
         assert len(samples) == 1, "no ASKG selection sample without references"
@@ -153,7 +153,7 @@ def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world
     from rablip.models.rablip import RABlipForConditionalGeneration
 
     cfg = world_config(world, tmp_path / "run")
-    assert cfg.model.arch.llm_tie_embeddings
+    assert load_settings(None, list(FINETUNE_WORLD)).model.llm_tie_embeddings
     model = load_generator(cfg)
     llm = model.language_model
     assert llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
@@ -165,11 +165,20 @@ def test_tied_llm_embeddings_stay_tied_through_a_trainable_only_checkpoint(world
     torch.testing.assert_close(loaded.get_output_embeddings().weight, llm.get_output_embeddings().weight)
 
 
-def test_a_config_naming_another_vision_encoder_than_the_checkpoints_is_refused(world, tmp_path):
+def test_the_checkpoint_brings_its_vision_encoder_and_a_config_cannot_name_another(world, tmp_path):
     cfg = world_config(world, tmp_path / "run")
-    assert (cfg.model.vision_backend, cfg.model.timm_name) == ("timm", "test_resnet")
+    sizes = load_settings(None, list(FINETUNE_WORLD)).model
+    assert (sizes.vision_backend, sizes.timm_name) == ("timm", "test_resnet")
     assert load_generator(cfg).config.timm_model_name == "test_resnet"
-    with pytest.raises(ConfigError, match="has a timm test_resnet vision encoder but the config asks for hf"):
-        load_generator(world_config(world, tmp_path / "run", "model.vision_backend=hf"))
-    with pytest.raises(ConfigError, match="asks for timm test_convnext"):
-        load_generator(world_config(world, tmp_path / "run", "model.timm_name=test_convnext"))
+    with pytest.raises(ConfigError, match="unknown config key 'model.vision_backend'"):
+        world_config(world, tmp_path / "run", "model.vision_backend=hf")
+    with pytest.raises(ConfigError, match="unknown config key 'model.timm_name'"):
+        world_config(world, tmp_path / "run", "model.timm_name=test_convnext")
+
+
+def test_a_checkpoint_dir_without_config_json_is_refused_naming_how_to_get_one(world, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = world_config(world, tmp_path / "run", f"model.checkpoint={tmp_path / 'empty'}")
+    with pytest.raises(ConfigError, match="holds no checkpoint.*scripts/make_synthetic.py.*checkpoints/README.md"):
+        load_generator(cfg)
+    assert not any((tmp_path / "empty").iterdir()), "nothing is built"

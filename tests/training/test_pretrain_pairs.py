@@ -1,22 +1,23 @@
 """Pre-training pairs: questions and knowledge items, with knowledge items paired to themselves or to
-every item of their entity (``train.item_pairs``)."""
+every item of their entity (``train.item_pairs``), and extra pairs from a file (``data.extra_pairs``)."""
 
 import numpy as np
 import pytest
 
+from rablip.benchmarks import load_split
 from rablip.config import load_config
 from rablip.data.kb import KBStore
-from rablip.data.prepare import prepare_data
-from rablip.data.splits import load_split
-from rablip.stages.pretrain import PairDataset, build_pairs, invented_pairs, new_view
-from tests.retrieval.tiny_world import PRETRAIN_CONFIG, world_overrides
+from rablip.stages.pretrain import PairDataset, build_pairs, extra_pairs, new_view
+from tests.retrieval.tiny_world import PRETRAIN_CONFIG, TEST_WORLD, build_world, world_overrides
+
+EXTRA_RECORDS = 200
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
-    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp))
-    prepare_data(cfg)
+    build_world(tmp / "world", *TEST_WORLD, "world.align_images=0", f"extra_pairs.count={EXTRA_RECORDS}",
+                parts=("world", "kb", "extra_pairs"))
     return tmp
 
 
@@ -79,13 +80,13 @@ def test_a_new_view_keeps_size_and_colours():
 
 
 def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_every_epoch(world):
-    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.synthetic.pretrain_invented_share=0.25"])
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0.25"])
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
     examples = load_split(cfg.data, "train")
     pairs = build_pairs(examples, kb, cfg.train.item_pairs)
-    invented, extra = invented_pairs(cfg, len(pairs))
-    assert extra == round(len(pairs) / 3)
-    dataset = PairDataset(cfg, pairs, kb, invented, extra)
+    records, extra = extra_pairs(cfg, len(pairs))
+    assert extra == round(len(pairs) / 3) and len(records) == EXTRA_RECORDS
+    dataset = PairDataset(cfg, pairs, kb, records, extra)
     assert len(dataset) == len(pairs) + extra
     names = {item.title for b in kb.iter_batches(64) for item in b}
     questions = {ex.question for ex in examples}
@@ -104,5 +105,20 @@ def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_ev
     assert len({item.id for _, _, item, _ in drawn}) == 12
     real = dataset[(0, 0)][2]
     assert real.id in {i for p in pairs for i in p.item_ids}
-    off = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.synthetic.pretrain_invented_share=0"])
-    assert invented_pairs(off, len(pairs)) == (None, 0)
+    off = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0"])
+    assert extra_pairs(off, len(pairs)) == (None, 0)
+
+
+def test_extra_pair_i_of_epoch_e_is_record_e_times_extra_plus_i_modulo_the_records(world):
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0.25"])
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    pairs = build_pairs(load_split(cfg.data, "train"), kb, cfg.train.item_pairs)
+    records, extra = extra_pairs(cfg, len(pairs))
+    dataset = PairDataset(cfg, pairs, kb, records, extra)
+    for epoch, i in ((0, 0), (0, extra - 1), (1, 0), (2, 5), (7, extra - 1)):
+        query_image, question, item, _ = dataset[(len(pairs) + i, epoch)]
+        record = records.records[(epoch * extra + i) % EXTRA_RECORDS]
+        assert item == record.item and question == record.question
+        assert query_image.size == (64, 64)
+    used = [(epoch * extra + i) % EXTRA_RECORDS for epoch in range(EXTRA_RECORDS // extra) for i in range(extra)]
+    assert len(set(used)) == len(used), "no record repeats before all were used"

@@ -87,7 +87,7 @@ def test_finetune_entry_point_reports_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     result = run(FINETUNE, ["--config", FINETUNE_CONFIG, f"run.output_dir={blocker}/sub",
-                            f"data.synthetic.world_dir={tmp_path}/world"], timeout=60)
+                            f"data.root={tmp_path}/world"], timeout=60)
     assert result.returncode == 2
     assert "error: cannot write to run.output_dir" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], "nothing may be built before the check"

@@ -1,0 +1,119 @@
+"""The ``data`` section of the config schema: the benchmark, its split files, the knowledge base and
+extra pre-training pairs (see :mod:`rablip.config.schema` for the conventions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rablip.config.checks import ConfigValueError, check_choice, check_positive, check_range
+
+DATASETS = ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek")
+"""data.dataset choices: the keys of rablip.benchmarks.BENCHMARKS (a literal here: config sits below
+benchmarks; tests/benchmarks/test_registry.py checks that the two agree)."""
+
+
+
+@dataclass
+class SplitConfig:
+    """Files of one split, in the benchmark's official format."""
+
+    path: str = ""
+    """Main file: OK-VQA/VQAv2 questions json, A-OKVQA json, WebQA json, InfoSeek jsonl."""
+    annotations: str = ""
+    """OK-VQA/VQAv2 annotations json (empty for test-style splits)."""
+    qtypes: str = ""
+    """InfoSeek question-type jsonl."""
+    image_root: str = ""
+    """Directory holding the split's images."""
+    image_split: str = ""
+    """Image sub-folder and COCO name part, e.g. val2014 (OK-VQA) or val (A-OKVQA -> val2017)."""
+    split: str = ""
+    """Split name inside a shared file (WebQA's train/val)."""
+    image_pattern: str = "{image_id}.jpg"
+    """InfoSeek: image file name under image_root, formatted with the record's image_id."""
+
+
+@dataclass
+class KBConfig:
+    format: str = "jsonl"
+    """Input format: jsonl (generic knowledge-base JSONL), wit_tsv, or webqa (facts of WebQA json)."""
+    path: str = ""
+    """Input file of the knowledge base."""
+    root: str = ""
+    """KB root directory: relative image paths resolve under it and may not escape it."""
+    store_dir: str = ""
+    """Output directory of the on-disk Arrow store (built by scripts/build_kb.py)."""
+    overwrite: bool = False
+    """Replace an existing store at store_dir (only a directory that is a store)."""
+    wit_title_column: str = "page_title"
+    wit_text_column: str = "reference_description"
+    wit_image_column: str = "image_url"
+    wit_id_column: str = ""
+    """Column holding item ids (empty: ids are <file stem>-<row>)."""
+    wit_has_header: bool = True
+    webqa_images_tsv: str = ""
+    """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts."""
+
+    def __post_init__(self) -> None:
+        check_choice("data.kb.format", self.format, ("jsonl", "wit_tsv", "webqa"))
+
+
+@dataclass
+class ExtraPairsConfig:
+    """Extra pre-training pairs from a JSONL file (any dataset), added to run_pretrain's knowledge-item
+    and question pairs. One JSON object per line: ``{"image": query image path, "question": text,
+    "item": target}``. ``image`` is relative to the file's directory (and stays inside it); ``question``
+    may be empty or absent: then each epoch draws a random training question that an item of the
+    target's kind answers (a text item: a question with a relevant text item; an item with an image:
+    one with a relevant image item); ``item`` is the target knowledge item as a knowledge-base JSONL
+    record (``id``, ``text``, ``title``, optional ``image`` relative to the file's directory), which need
+    not be in the knowledge base. Epoch e's extra pair i is record (e x extra + i) mod N of the file's
+    N records, so no record repeats until all were used."""
+
+    path: str = ""
+    """The JSONL file; empty: no extra pairs."""
+    share: float = 0.0
+    """Share of all pre-training pairs (real and extra) that are extra pairs, per epoch. 0: none."""
+
+    def __post_init__(self) -> None:
+        check_range("data.extra_pairs.share", self.share, 0.0, 0.9)
+        if self.share and not self.path:
+            raise ConfigValueError("data.extra_pairs.path", "is empty; data.extra_pairs.share > 0 needs the file")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "okvqa"
+    """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek."""
+    root: str = ""
+    """Directory the dataset's files are under: a relative path in data.{train,val,test,replay}.{path,
+    annotations,qtypes,image_root}, data.extra_pairs.path and data.kb.{path,root,store_dir,webqa_images_tsv}
+    resolves under it (once, when the config is loaded: config.yaml holds the resolved paths). Empty: the
+    working directory. Other keys may interpolate it, e.g. ``model.checkpoint: ${data.root}/model``."""
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    test: SplitConfig = field(default_factory=SplitConfig)
+    replay: SplitConfig = field(default_factory=SplitConfig)
+    """Fine-tuning: a second training split, in ``data.dataset``'s format, whose questions are answered from
+    the image alone (no references) and mixed into training, so that what an earlier stage taught is kept.
+    Used when ``replay_share`` > 0."""
+    replay_share: float = 0.0
+    """Share of the fine-tuning examples taken from ``data.replay`` (its first ones). 0: no replay."""
+    kb: KBConfig = field(default_factory=KBConfig)
+    extra_pairs: ExtraPairsConfig = field(default_factory=ExtraPairsConfig)
+    on_bad_image: str = "error"
+    """error: stop at a missing or unreadable image; skip: leave the record out and report it at the end."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    max_input_length: int = 256
+    """LLM input tokens (references are truncated first)."""
+    max_target_length: int = 32
+    qformer_max_length: int = 64
+
+    def __post_init__(self) -> None:
+        check_choice("data.dataset", self.dataset, DATASETS)
+        check_choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
+        check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        check_range("data.replay_share", self.replay_share, 0.0, 0.9)
+        if self.replay_share and not self.replay.path:
+            raise ConfigValueError("data.replay.path", "is empty; data.replay_share > 0 needs the split to replay")

@@ -1,0 +1,101 @@
+"""Build everything the synthetic experiments read, explicitly (``scripts/make_synthetic.py``, the demo
+and the tests call :func:`make_synthetic`): the world, its knowledge-base store, the tiny generator
+(tokenizers trained on the world, warm-ups) and the extra pre-training pairs, all inside one dir that
+``data.root`` of ``configs/data/synthetic.yaml`` points at (layout: :mod:`rablip.synthetic.files`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from rablip.config.schema import KBConfig
+from rablip.data.kb_build import build_kb_from_config
+from rablip.errors import ConfigError, DataError
+from rablip.synthetic.describing import write_invented_pairs
+from rablip.synthetic.files import (
+    EXTRA_PAIRS_DIR,
+    KB_NAME,
+    KB_STORE_DIR,
+    TINY_CHECKPOINT_DIR,
+    load_manifest,
+    write_json,
+)
+from rablip.synthetic.settings import SyntheticSettings, settings_yaml
+from rablip.synthetic.tiny_model import build_tiny_generator
+from rablip.synthetic.world import build_world
+from rablip.utils.logging import get_logger
+
+log = get_logger("rablip.synthetic")
+PARTS = ("world", "kb", "checkpoint", "extra_pairs")
+"""What :func:`make_synthetic` can build, in build order (each part needs the world)."""
+SETTINGS_NAME = "make_synthetic.yaml"
+"""The settings of the last build, written into the world dir."""
+
+
+def make_synthetic(out_dir: str | Path, settings: SyntheticSettings | None = None, *, parts=PARTS,
+                   overwrite: bool = False) -> dict[str, float]:
+    """Build ``parts`` (default: all of :data:`PARTS`) into ``out_dir`` and return seconds per part.
+
+    Without ``"world"`` the world must already be there; a part that is already there is a DataError
+    unless ``overwrite`` (a non-empty ``out_dir`` too, when the world is built). The same settings give
+    the same world and extra-pairs bytes.
+    """
+    settings = settings or SyntheticSettings()
+    out_dir = Path(out_dir)
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        raise ConfigError(f"make_synthetic: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    seconds: dict[str, float] = {}
+    for part in (p for p in PARTS if p in parts):
+        started = time.perf_counter()
+        if part == "world":
+            build_world(out_dir, settings.world_settings(), overwrite=overwrite)
+        else:
+            load_manifest(out_dir)  # the world must be there
+            BUILDERS[part](out_dir, settings, overwrite)
+        seconds[part] = time.perf_counter() - started
+        log.info("synthetic %s built in %.1f s", part, seconds[part])
+    (out_dir / SETTINGS_NAME).write_text(settings_yaml(settings), encoding="utf-8")
+    return seconds
+
+
+def _replace(path: Path, overwrite: bool) -> None:
+    if path.exists():
+        if not overwrite:
+            raise DataError(f"{path} exists; pass overwrite (--overwrite) to build it again")
+        shutil.rmtree(path)
+
+
+def make_kb_store(out_dir: Path, settings: SyntheticSettings, overwrite: bool = False) -> None:
+    """The world's knowledge-base store (``kb_store/``), built by the core's KB build from ``kb.jsonl``."""
+    _replace(out_dir / KB_STORE_DIR, overwrite)
+    kb = KBConfig(format="jsonl", path=str(out_dir / KB_NAME), root=str(out_dir), store_dir=str(out_dir / KB_STORE_DIR))
+    build_kb_from_config(kb, show_progress=False)
+
+
+def make_checkpoint(out_dir: Path, settings: SyntheticSettings, overwrite: bool = False) -> None:
+    """The warmed-up tiny generator checkpoint (``tiny-instructblip-llama/``)."""
+    _replace(out_dir / TINY_CHECKPOINT_DIR, overwrite)
+    build_tiny_generator(out_dir, out_dir / TINY_CHECKPOINT_DIR, settings)
+
+
+def make_extra_pairs(out_dir: Path, settings: SyntheticSettings, overwrite: bool = False) -> None:
+    """``extra_pairs/``: ``extra_pairs.count`` invented-creature pairs (none when 0), written beside and
+    renamed into place."""
+    target = out_dir / EXTRA_PAIRS_DIR
+    _replace(target, overwrite)
+    if not settings.extra_pairs.count:
+        return
+    staging = out_dir / f".{EXTRA_PAIRS_DIR}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write_invented_pairs(out_dir, staging, settings.extra_pairs.count, settings.seed)
+        write_json(staging / "settings.json", {"count": settings.extra_pairs.count, "seed": settings.seed})
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+BUILDERS = {"kb": make_kb_store, "checkpoint": make_checkpoint, "extra_pairs": make_extra_pairs}
