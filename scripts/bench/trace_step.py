@@ -5,8 +5,9 @@
 Builds a 12-entity synthetic world with its tiny generator (no warm-ups) in a temporary directory, then runs the fine-tuning stage (``rablip.stages.finetune.finetune``, what
 ``run_finetune.py`` calls) for one optimizer step of batch 2 with ``configs/experiment/synthetic_finetune.yaml``
 under ``sys.setprofile``. It prints, as JSON, the rablip files whose functions were called during the
-whole stage, and those called inside the training loop (from the call of
-``rablip.training.trainer.train`` on: data loading, collation, forward, loss, optimizer, checkpoint).
+whole stage, inside the training loop (from the call of ``rablip.training.trainer.train`` on), and
+during the optimizer step itself (from the step's learning-rate update, ``set_lr``, to the checkpoint
+save after it: data loading, sample assembly, collation, forward, loss, backward, optimizer, logging).
 """
 
 from __future__ import annotations
@@ -31,23 +32,31 @@ WORLD = ["world.entities=12", "world.align_images=8", "warmup.vision_steps=0", "
          "extra_pairs.count=0"]
 
 
-def traced_files(cfg) -> tuple[set[str], set[str]]:
-    """(files called during the stage, files called inside the training loop), relative to the repo."""
+def traced_files(cfg) -> tuple[set[str], set[str], set[str]]:
+    """(files called during the stage, inside the training loop, during the step), relative to the repo."""
     package = str(ROOT / "rablip")
     stage: set[str] = set()
     loop: set[str] = set()
-    in_loop = False
+    step: set[str] = set()
+    in_loop = in_step = False
 
     def profile(frame, event, arg) -> None:
-        nonlocal in_loop
+        nonlocal in_loop, in_step
         path = frame.f_code.co_filename
         if event != "call" or not path.startswith(package):
             return
         relative = str(Path(path).relative_to(ROOT))
+        name = frame.f_code.co_name
+        if name == "_save" and relative == "rablip/training/trainer.py":
+            in_step = False
+        if name == "set_lr":  # once: the run has one step
+            in_step = True
         stage.add(relative)
         if in_loop:
             loop.add(relative)
-        if frame.f_code.co_name == "train" and relative == "rablip/training/trainer.py":
+        if in_step:
+            step.add(relative)
+        if name == "train" and relative == "rablip/training/trainer.py":
             in_loop = True
 
     sys.setprofile(profile)
@@ -55,7 +64,7 @@ def traced_files(cfg) -> tuple[set[str], set[str]]:
         finetune(cfg)
     finally:
         sys.setprofile(None)
-    return stage, loop
+    return stage, loop, step
 
 
 def main() -> None:
@@ -68,9 +77,9 @@ def main() -> None:
         cfg = load_config(str(ROOT / "configs/experiment/synthetic_finetune.yaml"), [
             f"data.root={world}", f"run.output_dir={out / 'run'}", "train.max_steps=1",
             "train.batch_size=2", "train.warmup_steps=1", "train.eval_every=0"])
-        stage, loop = traced_files(cfg)
-    print(json.dumps({"stage_files": len(stage), "loop_files": len(loop), "stage": sorted(stage),
-                      "loop": sorted(loop)}, indent=1))
+        stage, loop, step = traced_files(cfg)
+    print(json.dumps({"stage_files": len(stage), "loop_files": len(loop), "step_files": len(step),
+                      "stage": sorted(stage), "loop": sorted(loop), "step": sorted(step)}, indent=1))
 
 
 if __name__ == "__main__":
