@@ -85,7 +85,7 @@ def write_invented_pairs(world_dir: str | Path, out_dir: str | Path, count: int,
     source = InventedPairs(seed, manifest["settings"]["image_size"], [e["attributes"] for e in entities],
                            [e["name"] for e in entities])
     questions = training_questions_by_item_kind(world_dir)
-    (out_dir / IMAGE_DIR).mkdir(parents=True)
+    (out_dir / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     lines = []
     for record in range(count):
         rng = np.random.default_rng([seed, _STREAM_EXTRA_PAIRS, record])

@@ -20,11 +20,11 @@ from rablip.synthetic.files import (
     KB_STORE_DIR,
     TINY_CHECKPOINT_DIR,
     load_manifest,
-    write_json,
 )
 from rablip.synthetic.settings import SyntheticSettings, settings_yaml
 from rablip.synthetic.tiny_model import build_tiny_generator
 from rablip.synthetic.world import build_world
+from rablip.utils.artefacts import build_beside
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.synthetic")
@@ -82,20 +82,15 @@ def make_checkpoint(out_dir: Path, settings: SyntheticSettings, overwrite: bool 
 
 
 def make_extra_pairs(out_dir: Path, settings: SyntheticSettings, overwrite: bool = False) -> None:
-    """``extra_pairs/``: ``extra_pairs.count`` invented-creature pairs (none when 0), written beside and
-    renamed into place."""
+    """``extra_pairs/``: ``extra_pairs.count`` invented-creature pairs (none when 0), built beside and
+    renamed into place, ``settings.json`` last (:func:`rablip.utils.artefacts.build_beside`)."""
     target = out_dir / EXTRA_PAIRS_DIR
     _replace(target, overwrite)
     if not settings.extra_pairs.count:
         return
-    staging = out_dir / f".{EXTRA_PAIRS_DIR}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        write_invented_pairs(out_dir, staging, settings.extra_pairs.count, settings.seed)
-        write_json(staging / "settings.json", {"count": settings.extra_pairs.count, "seed": settings.seed})
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with build_beside(target, "settings.json") as build:
+        write_invented_pairs(out_dir, build.path, settings.extra_pairs.count, settings.seed)
+        build.commit({"count": settings.extra_pairs.count, "seed": settings.seed})
 
 
 BUILDERS = {"kb": make_kb_store, "checkpoint": make_checkpoint, "extra_pairs": make_extra_pairs}
