@@ -32,7 +32,7 @@ from rablip.evaluation.predict import choose_answers, generate_answers
 from rablip.evaluation.report import write_report
 from rablip.models.factory import load_generator
 from rablip.models.processing import Collator, build_collator
-from rablip.retrieval.references import NoisyReferences, Ranked, ranked_references
+from rablip.retrieval.references import RETRIEVED_SOURCES, NoisyReferences, Ranked, ranked_references
 from rablip.stages.runtime import start_run
 from rablip.utils.dist import end_distributed, process_rank_world
 from rablip.utils.io import atomic_write_json, read_json
@@ -173,7 +173,7 @@ def evaluate(cfg: Config) -> int:
     """Answer ``data.<eval.split>``, write official-format predictions, ``metrics.json`` and ``report.html``;
     with ``eval.retrieval_only``, score the configured retriever alone (no generator is loaded)."""
     started = time.time()
-    if cfg.eval.retrieval_only and cfg.retrieval.source not in ("index", "static"):
+    if cfg.eval.retrieval_only and cfg.retrieval.source not in RETRIEVED_SOURCES:
         raise ConfigError(f"eval.retrieval_only scores a retriever: set retrieval.source to index or static "
                           f"(it is {cfg.retrieval.source!r}).")
     accelerator, run_dir = start_run(cfg)
@@ -234,7 +234,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
     path = benchmark.write_predictions(benchmark.predictions_file(run_dir), answers)
     log.info("predictions written to %s", path)
     metrics: dict = {"dataset": dataset, "split": cfg.eval.split, "num_questions": len(examples)}
-    if cfg.retrieval.source in ("index", "static"):
+    if cfg.retrieval.source in RETRIEVED_SOURCES:
         metrics["retrieval"] = retrieval_metrics(cfg, ranked, examples)
     labelled = benchmark.is_labelled(split_cfg, examples)
     per_question: dict[str, float] = {}
