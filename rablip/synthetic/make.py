@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rablip.config.schema import KBConfig
@@ -23,7 +24,7 @@ from rablip.synthetic.files import (
 )
 from rablip.synthetic.settings import SyntheticSettings, settings_yaml
 from rablip.synthetic.tiny_model import build_tiny_generator
-from rablip.synthetic.world import build_world
+from rablip.synthetic.world import WorldSettings, build_world
 from rablip.utils.artefacts import build_beside
 from rablip.utils.logging import get_logger
 
@@ -51,7 +52,7 @@ def make_synthetic(out_dir: str | Path, settings: SyntheticSettings | None = Non
     for part in (p for p in PARTS if p in parts):
         started = time.perf_counter()
         if part == "world":
-            build_world(out_dir, settings.world_settings(), overwrite=overwrite)
+            build_world(out_dir, WorldSettings(seed=settings.seed, **asdict(settings.world)), overwrite=overwrite)
         else:
             load_manifest(out_dir)  # the world must be there
             BUILDERS[part](out_dir, settings, overwrite)

@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rablip.errors import ConfigError
-from rablip.synthetic.world import WorldSettings
 
 
 def _check(key: str, ok: bool, requirement: str, value: object) -> None:
@@ -28,12 +27,14 @@ def _check(key: str, ok: bool, requirement: str, value: object) -> None:
 
 @dataclass
 class WorldSection:
+    """What the world holds (:class:`rablip.synthetic.world.WorldSettings` adds the seed)."""
+
     entities: int = 96
     """Entities that questions are asked about (seen + unseen)."""
     distractors: int = -1
     """Entities only in the knowledge base; -1: entities // 2."""
     unseen_fraction: float = 0.3
-    """Share of val's (and of test's) entities never seen in train."""
+    """Share of val's (and of test's) entities never seen in train; val and test have disjoint ones."""
     image_size: int = 64
     """Side of every rendering in pixels."""
     train_images_per_entity: int = 12
@@ -42,6 +43,8 @@ class WorldSection:
     """Question images per entity in val and in test."""
     align_images: int = 4000
     """Renderings of invented creatures in ``align/``, one visual question each; 0: no align/ split."""
+    jpeg_quality: int = 92
+    """Quality of the world's JPEG images (saved without chroma subsampling, so the bytes repeat)."""
 
     def __post_init__(self) -> None:
         _check("world.entities", self.entities >= 1, "must be >= 1", self.entities)
@@ -51,6 +54,12 @@ class WorldSection:
         for name in ("train_images_per_entity", "eval_images_per_entity"):
             _check(f"world.{name}", getattr(self, name) >= 1, "must be >= 1", getattr(self, name))
         _check("world.align_images", self.align_images >= 0, "must be >= 0", self.align_images)
+        _check("world.jpeg_quality", 1 <= self.jpeg_quality <= 100, "must be in [1, 100]", self.jpeg_quality)
+
+    @property
+    def num_distractors(self) -> int:
+        """Distractor count after applying the default."""
+        return self.entities // 2 if self.distractors < 0 else self.distractors
 
 
 @dataclass
@@ -146,14 +155,6 @@ class SyntheticSettings:
     model: TinyModelSection = field(default_factory=TinyModelSection)
     warmup: WarmupSection = field(default_factory=WarmupSection)
     extra_pairs: ExtraPairsSection = field(default_factory=ExtraPairsSection)
-
-    def world_settings(self) -> WorldSettings:
-        """The world part in the form :func:`rablip.synthetic.world.build_world` takes."""
-        w = self.world
-        return WorldSettings(seed=self.seed, entities=w.entities, distractors=None if w.distractors < 0 else w.distractors,
-                             unseen_fraction=w.unseen_fraction, image_size=w.image_size,
-                             train_images_per_entity=w.train_images_per_entity,
-                             eval_images_per_entity=w.eval_images_per_entity, align_images=w.align_images)
 
 
 def _keys(cls: type = SyntheticSettings, prefix: str = "") -> list[str]:

@@ -40,6 +40,7 @@ from rablip.synthetic.questions import (
     questions_file,
 )
 from rablip.synthetic.render import render_entity
+from rablip.synthetic.settings import WorldSection
 from rablip.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
 
 # Random streams (the second seed word), so that changing one part never shifts another.
@@ -50,46 +51,12 @@ _IMAGE_ID_BASE = {"train": 1_000_000, "val": 2_000_000, "test": 3_000_000}
 """Image ids are unique across splits; question_id = image_id * 10 + kind index (as in OK-VQA)."""
 
 
-@dataclass(frozen=True)
-class WorldSettings:
-    """Everything that determines a world; the same settings give byte-identical files."""
+@dataclass
+class WorldSettings(WorldSection):
+    """Everything that determines a world: what it holds and the seed; the same settings give
+    byte-identical files."""
 
     seed: int = 0
-    entities: int = 96
-    """Entities that questions are asked about (seen + unseen)."""
-    distractors: int | None = None
-    """Entities that appear only in the KB; None means entities // 2."""
-    unseen_fraction: float = 0.3
-    """Share of val's (and test's) entities that never appear in train; val and test have disjoint ones."""
-    image_size: int = 64
-    train_images_per_entity: int = 12
-    """Renderings per seen entity in train; each image carries one question of each kind."""
-    eval_images_per_entity: int = 3
-    """Renderings per entity in val and in test."""
-    align_images: int = 4000
-    """Renderings of invented creatures in ``align/``, one visual question each (aligning.py); 0: none."""
-    jpeg_quality: int = 92
-
-    def __post_init__(self) -> None:
-        if self.entities < 1:
-            raise ValueError(f"entities must be >= 1, got {self.entities}")
-        if self.distractors is not None and self.distractors < 0:
-            raise ValueError(f"distractors must be >= 0, got {self.distractors}")
-        if not 0.0 <= self.unseen_fraction < 1.0:
-            raise ValueError(f"unseen_fraction must be in [0, 1), got {self.unseen_fraction}")
-        if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"image_size must be in [16, 1024], got {self.image_size}")
-        if self.train_images_per_entity < 1 or self.eval_images_per_entity < 1:
-            raise ValueError("train_images_per_entity and eval_images_per_entity must be >= 1")
-        if self.align_images < 0:
-            raise ValueError(f"align_images must be >= 0, got {self.align_images}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
-
-    @property
-    def num_distractors(self) -> int:
-        """Distractor count after applying the default."""
-        return self.entities // 2 if self.distractors is None else self.distractors
 
 
 def _split_entities(entities: list[Entity]) -> dict[str, list[Entity]]:
