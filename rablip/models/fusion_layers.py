@@ -19,7 +19,7 @@ Expert routing (``vl_expert_layers`` = F, ``layers`` = L):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -112,15 +112,25 @@ class MultiwayLayer(nn.Module):
         return hidden + self.ffn(hidden, expert_ids)
 
 
+def with_resolved_heads(config: FusionConfig, qformer_heads: int) -> FusionConfig:
+    """``config`` with ``heads`` 0 (the default) replaced by ``qformer_heads``, the Q-Former's attention
+    heads; an explicit number stays."""
+    return replace(config, heads=qformer_heads) if config.heads == 0 else config
+
+
 class FusionEncoder(nn.Module):
     """Multiway layers over a [CLS] token plus image/text tokens; pooled, projected, normalised.
 
-    ``config`` gives the shape (``model.fusion``; its ``checkpoint`` is not read here); the layers are
-    ``input_size`` wide. A ``config.heads`` that does not divide ``input_size`` is a ConfigError.
+    ``config`` gives the shape (``model.fusion``, its ``heads`` resolved by :func:`with_resolved_heads`;
+    its ``checkpoint`` is not read here); the layers are ``input_size`` wide. A ``config.heads`` that does
+    not divide ``input_size`` is a ConfigError.
     """
 
     def __init__(self, config: FusionConfig, input_size: int) -> None:
         super().__init__()
+        if config.heads <= 0:
+            raise ValueError("FusionEncoder needs a resolved number of heads (model.fusion.heads=0 means the "
+                             "Q-Former's): pass the config through with_resolved_heads first")
         self.config = config
         if input_size % config.heads != 0:
             raise ConfigError(f"model.fusion.heads={config.heads} (num_heads) does not divide the fusion width "

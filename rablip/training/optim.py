@@ -48,19 +48,36 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate at ``step``: linear warm-up, then cosine to ``min_ratio``."""
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float, start_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at ``step``: linear warm-up from ``start_ratio`` (step s <
+    warmup_steps gets start_ratio + (1 - start_ratio) x (s + 1) / warmup_steps), then cosine to ``min_ratio``
+    at ``max_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return start_ratio + (1.0 - start_ratio) * (step + 1) / warmup_steps
     span = max(1, max_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+def total_steps(cfg: TrainConfig, examples: int, processes: int) -> int:
+    """Optimizer steps of a run: ``train.max_steps``, or with ``train.epochs`` > 0,
+    ceil(epochs x examples / (batch_size x processes x grad_accum)) (at least 1)."""
+    if cfg.epochs <= 0:
+        return cfg.max_steps
+    global_batch = cfg.batch_size * processes * cfg.grad_accum
+    samples = round(cfg.epochs * examples, 6)  # 0.1 x 30 is 3, not 3.0000000000000004
+    return max(1, math.ceil(samples / global_batch))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int, max_steps: int | None = None) -> float:
     """Set every group's learning rate for optimizer step ``step`` (a pure function of the step, so
-    a resumed run needs no scheduler state), times the group's ``lr_scale``; returns the unscaled one."""
-    lr = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    a resumed run needs no scheduler state), times the group's ``lr_scale``; returns the unscaled one.
+    ``max_steps`` is the run's length (default ``train.max_steps``; see :func:`total_steps`). The cosine's
+    floor is ``train.min_lr`` when > 0, else lr x ``train.min_lr_ratio``; the warm-up starts from
+    ``train.warmup_start_lr``."""
+    min_ratio = cfg.min_lr / cfg.lr if cfg.min_lr > 0 else cfg.min_lr_ratio
+    lr = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.max_steps if max_steps is None else max_steps, min_ratio,
+                            cfg.warmup_start_lr / cfg.lr)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

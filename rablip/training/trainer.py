@@ -35,7 +35,7 @@ from rablip.training.checkpoint import (
     save_checkpoint,
 )
 from rablip.training.metrics_log import MetricsLog
-from rablip.training.optim import build_optimizer, set_lr
+from rablip.training.optim import build_optimizer, set_lr, total_steps
 from rablip.training.order import StepOrderSampler
 from rablip.training.worker_errors import GuardedDataset, guarded_collate, raise_if_user_error
 from rablip.utils.logging import get_logger
@@ -131,6 +131,12 @@ def _window_means(accelerator: Accelerator, sums: dict[str, float], counts: dict
     return {key: total[key] / seen[key] for key in sorted(total)}
 
 
+def clip_gradients(accelerator: Accelerator, model: torch.nn.Module, max_norm: float | None) -> float:
+    """Clip the gradients to total norm ``max_norm`` (``train.max_grad_norm``; None or 0: leave them as
+    they are) and return their norm before clipping."""
+    return float(accelerator.clip_grad_norm_(model.parameters(), max_norm or math.inf))
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -138,7 +144,9 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.Module, dataset: Dataset,
           collate: Callable[[list[Any]], dict[str, Any]], loss: LossFn,
           evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainerState:
-    """Train ``model`` until ``train.max_steps``, the last checkpoint saved; returns the final trainer state.
+    """Train ``model`` until ``train.max_steps`` (or the steps that ``train.epochs`` over ``len(dataset)``
+    examples give, see :func:`rablip.training.optim.total_steps`), the last checkpoint saved; returns the
+    final trainer state.
 
     ``dataset`` is indexed by ``(example index, epoch)`` pairs (see :class:`StepOrderSampler`);
     ``collate`` turns a list of its items into a batch; ``loss(model, batch)`` returns the loss and
@@ -171,7 +179,11 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
     batches = iter(loader)
     metrics = MetricsLog(cfg, run_dir, main, start_step=state.step)
     global_batch = tc.batch_size * accelerator.num_processes * tc.grad_accum
-    progress = tqdm(total=tc.max_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
+    max_steps = total_steps(tc, len(dataset), accelerator.num_processes)
+    if tc.epochs > 0:
+        log.info("train.epochs=%g over %d examples, global batch %d: %d optimizer steps", tc.epochs, len(dataset),
+                 global_batch, max_steps)
+    progress = tqdm(total=max_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
     window: dict[str, float] = {}
     window_counts: dict[str, int] = {}
     window_steps, window_start = 0, time.perf_counter()
@@ -186,8 +198,8 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
             raise TrainingInterrupted(stop.signum or signal.SIGTERM, path)
 
     with _StopFlag() as stop:
-        while state.step < tc.max_steps:
-            lr = set_lr(optimizer, tc, state.step)
+        while state.step < max_steps:
+            lr = set_lr(optimizer, tc, state.step, max_steps)
             torch.manual_seed(step_seed(cfg.run.seed, accelerator.process_index, state.step))
             model.train()
             step_logs: dict[str, float] = {}
@@ -208,9 +220,9 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
             if finite:
                 # A finite loss can still have non-finite gradients, which would make every weight NaN.
                 # The norm is of the synchronised gradients, so every process decides alike.
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf))
+                grad_norm = clip_gradients(accelerator, model, tc.max_grad_norm)
                 finite, what = math.isfinite(grad_norm), "gradient"
-                if tc.max_grad_norm > 0:
+                if tc.max_grad_norm:
                     step_logs["grad_norm"] = grad_norm
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
@@ -242,7 +254,7 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
                 window[key] = window.get(key, 0.0) + value
                 window_counts[key] = window_counts.get(key, 0) + 1
             window_steps += 1
-            if state.step % cfg.log.every == 0 or state.step == tc.max_steps:
+            if state.step % cfg.log.every == 0 or state.step == max_steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": state.step, "lr": lr, "samples_per_sec": window_steps * global_batch / elapsed,
                           **_window_means(accelerator, window, window_counts)}
@@ -260,7 +272,7 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
             stop_here(stop)
 
     progress.close()
-    if evaluate is not None and (not tc.eval_every or tc.max_steps % tc.eval_every):
+    if evaluate is not None and (not tc.eval_every or max_steps % tc.eval_every):
         _evaluate(cfg, evaluate, model, state, metrics, accelerator)
     _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
     metrics.close()

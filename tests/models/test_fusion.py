@@ -249,4 +249,4 @@ def test_a_bad_fusion_shape_is_a_config_error_naming_the_key():
 
     with pytest.raises(ConfigError, match=r"model\.fusion\.vl_expert_layers.*command line"):
         load_config(None, ["model.fusion.layers=2", "model.fusion.vl_expert_layers=3"])
-    assert load_config(None, []).model.fusion.heads == 4
+    assert load_config(None, []).model.fusion.heads == 0  # the Q-Former's heads (tests/models/test_fusion_heads.py)
