@@ -106,9 +106,11 @@ class DataConfig:
     num_workers: int = 0
     """DataLoader worker processes."""
     max_input_length: int = 256
-    """LLM input tokens (references are truncated first)."""
+    """LLM input tokens (references are truncated first). prompt.template=release: the text tokens
+    alone (the release's max_txt_len), cut on the left; the image tokens come on top."""
     max_target_length: int = 32
     qformer_max_length: int = 64
+    """Q-Former instruction tokens (prompt.template=release: cut on the left)."""
 
     def __post_init__(self) -> None:
         check_choice("data.dataset", self.dataset, DATASETS)

@@ -18,7 +18,7 @@ from rablip.config.data_schema import DATASETS, DataConfig, ExtraPairsConfig, KB
 
 __all__ = ["DATASETS", "GENERATOR_MODULES", "TRAINABLE_MODULES", "AskgConfig", "Config", "ConfigValueError",
            "DataConfig", "EvalConfig", "ExtraPairsConfig", "FusionConfig", "KBConfig", "LogConfig", "ModelConfig",
-           "NoiseConfig", "RefineConfig", "RetrievalConfig", "RunConfig", "SplitConfig", "TrainConfig",
+           "NoiseConfig", "PromptConfig", "RefineConfig", "RetrievalConfig", "RunConfig", "SplitConfig", "TrainConfig",
            "schema_keys"]
 
 
@@ -52,16 +52,19 @@ class FusionConfig:
     """Multiway transformer layers of the fusion encoder (RA-BLIP's release has 3)."""
     dim: int = 256
     """Width of the L2-normalised retrieval embedding."""
-    heads: int = 4
-    """Attention heads of the fusion layers; must divide their width, the Q-Former's hidden size."""
+    heads: int = 0
+    """Attention heads of the fusion layers; 0: the Q-Former's (its config's num_attention_heads, 12 at
+    the published sizes, as RA-BLIP's release does). Must divide their width, the Q-Former's hidden
+    size. A saved encoder records the resolved number."""
     vl_expert_layers: int = 1
     """Top fusion layers in which image+text inputs use the vision-language expert (0 to layers)."""
     checkpoint: str = ""
     """Directory of a pre-trained fusion encoder (run_pretrain's output); empty = untrained."""
 
     def __post_init__(self) -> None:
-        for name in ("layers", "dim", "heads"):
+        for name in ("layers", "dim"):
             check_positive(f"model.fusion.{name}", getattr(self, name))
+        check_positive("model.fusion.heads", self.heads, allow_zero=True)
         if not 0 <= self.vl_expert_layers <= self.layers:
             raise ConfigValueError("model.fusion.vl_expert_layers",
                                    f"{self.vl_expert_layers} is not between 0 and model.fusion.layers={self.layers}")
@@ -91,12 +94,18 @@ class ModelConfig:
     """Modules that train; the rest are frozen (RA-BLIP: vision encoder and LLM frozen)."""
     gradient_checkpointing: bool = False
     """Recompute LLM and Q-Former activations in the backward pass to save memory."""
+    multi_image: str = "per_slot"
+    """How an example's images reach the LLM. per_slot: one Q-Former pass per image, num_query_tokens image
+    tokens per image, slot tables on the query outputs. concat (RA-BLIP's release): the images' patch features
+    (+ a type embedding each) concatenated (+ a position table), ONE Q-Former pass, num_query_tokens image
+    tokens per example. A rablip checkpoint with trained slot tables loads only in the mode it was saved in."""
     fusion: FusionConfig = field(default_factory=FusionConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
         for name in self.trainable:
             check_choice("model.trainable", name, TRAINABLE_MODULES)
+        check_choice("model.multi_image", self.multi_image, ("per_slot", "concat"))
 
 
 @dataclass
@@ -148,6 +157,20 @@ class RetrievalConfig:
 
 
 @dataclass
+class PromptConfig:
+    template: str = "rablip"
+    """Text of the Q-Former instructions and the LLM prompt (rablip/models/prompts.py). rablip: the
+    question as instruction ("Question: q", plus a slot's caption), an LLM prompt of numbered
+    "Reference N: ..." lines ending "Question: q Short answer:"; release: RA-BLIP's released text, one
+    string for both, "caption of image 1 is that c;... | Title: t, Fact: f;... | q" (BLIP caption
+    cleaning), both tokenizations cut on the left (data.qformer_max_length; data.max_input_length
+    text tokens, image tokens not counted). ASKG selection samples use rablip's text under both."""
+
+    def __post_init__(self) -> None:
+        check_choice("prompt.template", self.template, ("rablip", "release"))
+
+
+@dataclass
 class AskgConfig:
     enabled: bool = False
     """Adaptive Selection Knowledge Generation: mix irrelevant references and add the selection sample."""
@@ -190,16 +213,30 @@ class TrainConfig:
     that does not train is left alone), e.g. {language_model: 0.3} to fine-tune a warmed-up LLM
     gently while the Q-Former learns at the full rate."""
     min_lr_ratio: float = 0.1
-    """Cosine schedule ends at lr x min_lr_ratio."""
+    """Cosine schedule ends at lr x min_lr_ratio (unless train.min_lr > 0)."""
+    min_lr: float = 0.0
+    """Absolute floor of the cosine schedule; when > 0 it wins over min_lr_ratio (0: lr x min_lr_ratio).
+    At most lr."""
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 100
+    """Optimizer steps of linear warm-up: step s < warmup_steps (s from 0) trains at
+    warmup_start_lr + (lr - warmup_start_lr) x (s + 1) / warmup_steps; then cosine from lr to the floor
+    at max_steps."""
+    warmup_start_lr: float = 0.0
+    """Learning rate the linear warm-up starts from (0: from 0, i.e. lr x (s + 1) / warmup_steps). At most lr."""
     max_steps: int = 1000
+    """Optimizer steps to train; must be 0 when train.epochs > 0 (then derived)."""
+    epochs: float = 0.0
+    """When > 0: train this many passes over the training set; max_steps is derived as
+    ceil(epochs x examples / (batch_size x processes x grad_accum)), examples being every example the
+    loop samples from (fine-tuning: training questions plus data.replay's; pre-training: pairs plus
+    extra pairs per epoch), and logged. Setting both epochs and max_steps > 0 is an error."""
     batch_size: int = 8
     """Per-process batch size (global batch = batch_size x processes x grad_accum)."""
     grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm; 0 disables clipping."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping norm; null or 0: no clipping."""
     mixed_precision: str = "auto"
     """auto: bf16 on GPU, fp32 on CPU; no; bf16."""
     save_every: int = 500
@@ -241,7 +278,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_positive("train.lr", self.lr)
-        check_positive("train.max_steps", self.max_steps)
+        check_positive("train.epochs", self.epochs, allow_zero=True)
+        check_positive("train.max_steps", self.max_steps, allow_zero=self.epochs > 0)
+        if self.epochs > 0 and self.max_steps > 0:
+            raise ConfigValueError("train.epochs", f"{self.epochs} and train.max_steps={self.max_steps} are both set; "
+                                   "set train.max_steps=0 to derive the steps from the epochs, or train.epochs=0")
+        check_range("train.min_lr", self.min_lr, 0.0, self.lr)
+        check_range("train.warmup_start_lr", self.warmup_start_lr, 0.0, self.lr)
+        if self.max_grad_norm is not None:
+            check_positive("train.max_grad_norm", self.max_grad_norm, allow_zero=True)
         check_positive("train.batch_size", self.batch_size)
         check_positive("train.grad_accum", self.grad_accum)
         check_positive("train.save_every", self.save_every)
@@ -314,6 +359,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     askg: AskgConfig = field(default_factory=AskgConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -31,10 +31,14 @@ DEFAULT_TRAINABLE_MODULES = ["query_tokens", "qformer", "language_projection", "
 
 VISION_BACKBONES = ("blip", "timm")
 
+#: How several images of one example reach the LLM (``multi_image``).
+MULTI_IMAGE_MODES = ("per_slot", "concat")
+
 #: Fields RA-BLIP adds to InstructBLIP's config (also the keys accepted as loading overrides).
 RABLIP_FIELDS = (
     "qformer_text_input",
     "max_image_slots",
+    "multi_image",
     "use_slot_type_embeds",
     "use_slot_position_embeds",
     "vision_backbone",
@@ -55,10 +59,17 @@ class RABlipConfig(InstructBlipConfig):
         False: BLIP-2 Q-Former (queries only; ``qformer_input_ids`` are ignored).
     max_image_slots (`int`, defaults to 8):
         Most image slots per example (question image + retrieved images); sizes the slot tables.
+    multi_image (`str`, defaults to "per_slot"):
+        "per_slot": one Q-Former pass per real image slot, ``num_query_tokens`` LLM image tokens per
+        slot. "concat" (RA-BLIP's release, :mod:`rablip.models.multi_image`): the real slots' patch
+        features concatenated, ONE Q-Former pass, ``num_query_tokens`` image tokens per example.
     use_slot_type_embeds (`bool`, defaults to True):
-        Add a learned per-slot type embedding to each slot's patch features.
+        Add a learned type embedding to each image's patch features (``slot_type_embeds``; indexed by
+        slot in per_slot mode, by the image's rank among the example's real slots in concat mode).
     use_slot_position_embeds (`bool`, defaults to True):
-        Add a learned position embedding over the concatenated real slots' query outputs.
+        per_slot: a learned position embedding over the concatenated real slots' query outputs
+        (``slot_position_embeds``); concat: one over the concatenated patch features
+        (``patch_position_embeds``).
     vision_backbone (`str`, defaults to "blip"):
         "blip": transformers' InstructBLIP/BLIP-2 vision tower; "timm": ``timm_model_name``.
     timm_model_name (`str`, optional):
@@ -78,6 +89,7 @@ class RABlipConfig(InstructBlipConfig):
 
     qformer_text_input: bool = True
     max_image_slots: int = 8
+    multi_image: str = "per_slot"
     use_slot_type_embeds: bool = True
     use_slot_position_embeds: bool = True
     vision_backbone: str = "blip"
@@ -107,6 +119,8 @@ def check_rablip_fields(config: RABlipConfig) -> None:
         )
     if config.vision_backbone == "timm" and not config.timm_model_name:
         raise ConfigError("model.timm_model_name must name a timm architecture when vision_backbone='timm'")
+    if config.multi_image not in MULTI_IMAGE_MODES:
+        raise ConfigError(f"model.multi_image: {config.multi_image!r} is not one of {list(MULTI_IMAGE_MODES)}")
     if config.max_image_slots < 1:
         raise ConfigError(f"model.max_image_slots must be >= 1, got {config.max_image_slots}")
     if config.refine_top_m is not None and config.refine_top_m < 1:

@@ -34,7 +34,7 @@ def load_generator(cfg: Config, checkpoint: str | Path | None = None) -> RABlipF
     """The generator from ``checkpoint`` (default: the run's base checkpoint) with the configured
     trainable modules, refinement and gradient checkpointing; parameter counts are logged."""
     path = Path(checkpoint) if checkpoint else generator_checkpoint_dir(cfg)
-    overrides = {"trainable_modules": generator_trainable_modules(cfg),
+    overrides = {"trainable_modules": generator_trainable_modules(cfg), "multi_image": cfg.model.multi_image,
                  "refine_top_m": cfg.model.refine.top_m if cfg.model.refine.enabled else None}
     model = RABlipForConditionalGeneration.from_pretrained(str(path), **overrides)
     if cfg.model.gradient_checkpointing:
@@ -45,12 +45,14 @@ def load_generator(cfg: Config, checkpoint: str | Path | None = None) -> RABlipF
 
 def build_retrieval_encoder(cfg: Config, generator: RABlipForConditionalGeneration | None = None):
     """A fresh retrieval encoder on the generator's vision model, query tokens and Q-Former (shared
-    modules) plus new fusion layers of size ``model.fusion``; the LLM is not kept."""
+    modules) plus new fusion layers of size ``model.fusion`` (``heads`` 0: the Q-Former's attention
+    heads); the LLM is not kept."""
     from rablip.models.fusion import MultimodalRetrievalEncoder
-    from rablip.models.fusion_layers import FusionEncoder
+    from rablip.models.fusion_layers import FusionEncoder, with_resolved_heads
 
     generator = generator or load_generator(cfg)
-    fusion = FusionEncoder(cfg.model.fusion, generator.config.qformer_config.hidden_size)
+    qformer = generator.config.qformer_config
+    fusion = FusionEncoder(with_resolved_heads(cfg.model.fusion, qformer.num_attention_heads), qformer.hidden_size)
     return MultimodalRetrievalEncoder(generator.vision_model, generator.query_tokens, generator.qformer, fusion)
 
 

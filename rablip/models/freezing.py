@@ -1,7 +1,8 @@
 """Which modules train, parameter counts, precision and gradient checkpointing, all by config.
 
 Module groups are the names in :data:`rablip.models.config.MODULE_GROUPS`; ``slot_embeddings``
-covers RA-BLIP's slot type and slot position tables.
+covers RA-BLIP's slot type and position tables (``slot_position_embeds`` in per_slot mode,
+``patch_position_embeds`` in concat mode).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _GROUP_PREFIXES = {
     "qformer": ("qformer.",),
     "language_projection": ("language_projection.",),
     "language_model": ("language_model.",),
-    "slot_embeddings": ("slot_type_embeds", "slot_position_embeds"),
+    "slot_embeddings": ("slot_type_embeds", "slot_position_embeds", "patch_position_embeds"),
 }
 
 

@@ -11,7 +11,9 @@ Three kinds of checkpoint dir load through :func:`load_pretrained`:
   with the remaining weights.
 
 Every missing or unexpected weight is an error listing the keys, except the declared
-expected-missing ones (RA-BLIP's new slot tables when starting from InstructBLIP / BLIP-2).
+expected-missing ones (RA-BLIP's new slot tables when starting from InstructBLIP / BLIP-2, and the
+other mode's table when a full rablip checkpoint with all-zero slot tables is loaded in the other
+``multi_image`` mode: :func:`mode_switch`).
 Only safetensors and JSON are read; pickled ``.bin`` weights are refused.
 """
 
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 TRAINABLE_WEIGHTS_FILE = "model.safetensors"
 FULL_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 #: Weights a transformers InstructBLIP / BLIP-2 checkpoint cannot have; they start at zero.
-EXPECTED_MISSING_FROM_TRANSFORMERS = ("slot_type_embeds", "slot_position_embeds")
+EXPECTED_MISSING_FROM_TRANSFORMERS = ("slot_type_embeds", "slot_position_embeds", "patch_position_embeds")
 _MAX_BASE_DEPTH = 4
 
 
@@ -114,7 +116,51 @@ def _split_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def _load_with_transformers(cls, path: Path, config: RABlipConfig, allowed_missing: tuple[str, ...], **hf_kwargs):
+#: The tables only one ``multi_image`` mode has.
+MODE_TABLES = {"per_slot": "slot_position_embeds", "concat": "patch_position_embeds"}
+
+
+def _read_weights(path: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of a full checkpoint dir's safetensors weights (single file or sharded)."""
+    files: dict[str, str] = {}
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        files = {name: "model.safetensors" for name in names}
+    elif index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = {name: weight_map[name] for name in names if name in weight_map}
+    tensors = {}
+    for name, file in files.items():
+        with safe_open(str(path / file), framework="pt") as handle:
+            if name in handle.keys():
+                tensors[name] = handle.get_tensor(name)
+    return tensors
+
+
+def mode_switch(path: Path, kind: str, config_dict: dict[str, Any], overrides: dict[str, Any]) -> tuple[str, str]:
+    """``(table to start at zero, table to drop)`` when a rablip checkpoint is loaded in the other
+    ``multi_image`` mode, ``("", "")`` when not. Allowed only for a full checkpoint whose slot tables
+    are all zero (an untrained base, as good as InstructBLIP): trained tables do not convert."""
+    saved = config_dict.get("multi_image", "per_slot")
+    wanted = overrides.get("multi_image", saved)
+    if wanted == saved:
+        return "", ""
+    trained = []
+    if kind == "rablip-full":
+        tables = _read_weights(path, ("slot_type_embeds", *MODE_TABLES.values()))
+        trained = sorted(name for name, tensor in tables.items() if bool(tensor.any()))
+    if kind != "rablip-full" or trained:
+        what = f"trained slot tables {trained}" if trained else "a trainable-only checkpoint"
+        raise CheckpointError(
+            f"{path / 'config.json'}: the checkpoint was saved with multi_image={saved!r}, but multi_image={wanted!r} "
+            f"was asked for (model.multi_image), and it is {what}, which do not convert. Set "
+            f"model.multi_image={saved!r}, or start the other mode from a transformers InstructBLIP/BLIP-2 checkpoint"
+        )
+    return MODE_TABLES[wanted], MODE_TABLES[saved]
+
+
+def _load_with_transformers(cls, path: Path, config: RABlipConfig, allowed_missing: tuple[str, ...],
+                            dropped: tuple[str, ...] = (), **hf_kwargs):
     # transformers' own load report would warn about the expected-missing slot tables; the strict
     # check below reports everything that matters
     verbosity = hf_logging.get_verbosity()
@@ -133,7 +179,7 @@ def _load_with_transformers(cls, path: Path, config: RABlipConfig, allowed_missi
     check_loading_info(
         path,
         info.get("missing_keys", ()),
-        info.get("unexpected_keys", ()),
+        [key for key in info.get("unexpected_keys", ()) if key not in dropped],
         info.get("mismatched_keys", ()),
         allowed_missing,
     )
@@ -165,13 +211,15 @@ def load_pretrained(
     kind = checkpoint_kind(path)
     hf_kwargs = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
     config_dict = read_config_dict(path)
+    starts_at_zero, dropped = mode_switch(path, kind, config_dict, overrides) if kind.startswith("rablip") else ("", "")
     if kind in ("instructblip", "blip-2"):
         fields = {**overrides, "base_checkpoint": str(path)}
         config = config_from_transformers(config_dict, fields)
         model = _load_with_transformers(cls, path, config, EXPECTED_MISSING_FROM_TRANSFORMERS, **hf_kwargs)
     elif kind == "rablip-full":
         config = RABlipConfig.from_pretrained(str(path), **{**overrides, "base_checkpoint": str(path)})
-        model = _load_with_transformers(cls, path, config, (), **hf_kwargs)
+        model = _load_with_transformers(cls, path, config, (starts_at_zero,) if starts_at_zero else (),
+                                        (dropped,), **hf_kwargs)
     else:
         model = _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, _depth)
     apply_trainable_modules(model)  # loading replaces the parameters created in __init__

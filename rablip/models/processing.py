@@ -10,7 +10,8 @@ preprocesses its images and pads the rows into the batch dict:
   the item's caption in a slot that holds an item image.
 * ``input_ids`` / ``attention_mask`` (B, L): ``[question image tokens] [prefix specials]
   [ref 1 image tokens] "Reference 1: ..." ... [prompt ending with the answer prefix]``, with
-  ``num_query_tokens`` image tokens per real image slot. Decoder-only models: the target and EOS
+  ``num_query_tokens`` image tokens per real image slot (``multi_image="concat"``: one block of them
+  per row with any image, at its start). Decoder-only models: the target and EOS
   follow the prompt, rows are left-padded, ``labels`` (B, L) is -100 except on target + EOS.
   Encoder-decoder models: the tokenizer's suffix (``</s>``) ends the input, rows are right-padded,
   ``labels`` (B, T) is target + EOS with -100 padding.
@@ -27,6 +28,12 @@ the target, plus ``example_index`` and ``choice_index`` to regroup the rows for 
 Truncation (see :mod:`rablip.models.prompt_packing`) never cuts an image token or the prompt; the
 Q-Former instruction is cut to ``qformer_max_length`` tokens (the caption goes after the question,
 so it is cut first).
+
+``prompt_template="release"`` (config ``prompt.template``): the text of RA-BLIP's release
+(:func:`rablip.models.prompts.release_prompt`) is every slot's Q-Former instruction and the LLM
+prompt after all the image tokens; both tokenizations are cut on the LEFT (specials kept), the
+Q-Former's to ``qformer_max_length`` tokens and the LLM's to ``max_input_length`` text tokens, so the
+question at the end survives. ASKG selection samples keep the ``rablip`` layout.
 """
 
 from __future__ import annotations
@@ -47,11 +54,11 @@ from rablip.models.processor_files import (
     load_tokenizer,
     processor_dir,
 )
-from rablip.models.prompt_packing import IGNORE_INDEX, PackedRow, PromptPacker
+from rablip.models.prompt_packing import IGNORE_INDEX, PackedRow, PromptPacker, left_truncated
 
 COLLATE_MODES = ("train", "generate", "score")
 
-__all__ = ["COLLATE_MODES", "IGNORE_INDEX", "Collator", "build_collator"]
+__all__ = ["COLLATE_MODES", "IGNORE_INDEX", "Collator", "build_collator", "left_truncated"]
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -81,6 +88,8 @@ class Collator:
         answer_from_choices: bool = False,
         pad_slots_to_max_references: bool = False,
         mode: str = "train",
+        prompt_template: str = "rablip",
+        multi_image: str = "per_slot",
     ) -> None:
         """Settings are plain values (the config's model/data keys); those of the LLM row are
         :class:`PromptPacker`'s. With ``pad_slots_to_max_references`` every batch has
@@ -94,6 +103,7 @@ class Collator:
             llm_tokenizer, num_query_tokens=num_query_tokens, is_encoder_decoder=is_encoder_decoder,
             max_references=max_references, max_input_length=max_input_length,
             max_target_length=max_target_length, image_token=image_token, answer_from_choices=answer_from_choices,
+            prompt_template=prompt_template, multi_image=multi_image,
         )
         self.qformer_tokenizer = qformer_tokenizer
         self.image_processor = image_processor
@@ -207,9 +217,10 @@ class Collator:
         for row in rows:
             # Padding slots repeat the question instruction; their slot mask is False.
             texts += row.instructions + [row.instructions[0]] * (slots - len(row.instructions))
-        encoded = self.qformer_tokenizer(texts, truncation=True, max_length=self.qformer_max_length)[
-            "input_ids"
-        ]
+        if self.packer.prompt_template == "release":
+            encoded = left_truncated(self.qformer_tokenizer, texts, self.qformer_max_length)
+        else:
+            encoded = self.qformer_tokenizer(texts, truncation=True, max_length=self.qformer_max_length)["input_ids"]
         ids = _pad(encoded, self.qformer_pad_id, left=False)
         mask = _pad([[1] * len(e) for e in encoded], 0, left=False)
         return ids.reshape(len(rows), slots, -1), mask.reshape(len(rows), slots, -1)
@@ -245,7 +256,8 @@ class Collator:
 def build_collator(cfg: Config, model, max_references: int, mode: str = "train") -> Collator:
     """The processor of generator ``model`` (a loaded :class:`~rablip.models.rablip.RABlipForConditionalGeneration`)
     for samples of up to ``max_references`` references, in ``mode``: its tokenizers and image
-    processor from the model's base checkpoint, its lengths from ``data.*``. ConfigError when the
+    processor from the model's base checkpoint, its lengths from ``data.*``, its prompt template from
+    ``prompt.template``. ConfigError when the
     model has fewer reference slots (``max_image_slots`` - 1) than ``max_references``."""
     directory = processor_dir(model.config.base_checkpoint or "")
     if 1 + max_references > model.config.max_image_slots:
@@ -255,4 +267,5 @@ def build_collator(cfg: Config, model, max_references: int, mode: str = "train")
         directory / QFORMER_TOKENIZER_DIR, directory, directory, num_query_tokens=model.config.num_query_tokens,
         is_encoder_decoder=not model.is_decoder_only, max_references=max_references,
         max_input_length=cfg.data.max_input_length, max_target_length=cfg.data.max_target_length,
-        qformer_max_length=cfg.data.qformer_max_length, mode=mode)
+        qformer_max_length=cfg.data.qformer_max_length, mode=mode, prompt_template=cfg.prompt.template,
+        multi_image=model.config.multi_image)

@@ -11,6 +11,18 @@ than ``max_input_length``, reference texts are shortened first: every reference 
 the same length (its ``Reference N:`` label always kept), the largest cap that fits; a warning is
 logged the first time it happens. A row that does not fit even then raises DataError. The target is
 cut to ``max_target_length`` tokens including EOS.
+
+``multi_image="concat"`` (the model's one Q-Former pass per example): a row with any image holds ONE
+block of ``num_query_tokens`` image tokens, where the question image's block goes (the row's start),
+and none before its reference lines; a row without images holds none.
+
+Template ``release`` (``prompt_template``; :func:`rablip.models.prompts.release_prompt`), answering
+samples: a row is ``[question image tokens] ([ref image tokens])* [prefix specials] text [suffix
+specials]``, every image block first (as the release prepends the query outputs to T5's input), and
+the same text is every slot's Q-Former instruction. The text is truncated on the LEFT so that prefix
++ text + suffix <= ``max_input_length`` (the release's ``max_txt_len``; image tokens come on top), so
+the question at its end is kept. The target is the answer as the release's caption processor writes
+it (:func:`rablip.models.prompts.release_field`). Selection samples keep the ``rablip`` layout.
 """
 
 from __future__ import annotations
@@ -44,6 +56,15 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     raise ConfigError(
         f"cannot tell which special tokens tokenizer {type(tokenizer).__name__} adds around a text"
     )
+
+
+def left_truncated(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of ``texts`` with the tokenizer's special tokens, each cut on the LEFT to at most
+    ``max_length`` ids (the specials kept), as a tokenizer with ``truncation_side="left"`` does."""
+    prefix, suffix = _special_affixes(tokenizer)
+    room = max(max_length - len(prefix) - len(suffix), 0)
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [prefix + (row[len(row) - room :] if room else []) + suffix for row in rows]
 
 
 def _fit_cap(lengths: list[int], floors: list[int], budget: int) -> int:
@@ -85,12 +106,17 @@ class PromptPacker:
         max_target_length: int,
         image_token: str = "<image>",
         answer_from_choices: bool = False,
+        prompt_template: str = "rablip",
+        multi_image: str = "per_slot",
     ) -> None:
         """``max_input_length`` bounds the LLM input without the target (a decoder-only row can reach
         max_input_length + max_target_length tokens); ``max_target_length`` counts EOS.
         ``max_references``: later references of a QA sample are dropped (a warning is logged).
-        ``answer_from_choices``: list a sample's options in the QA prompt. ConfigError when a setting
+        ``answer_from_choices``: list a sample's options in the QA prompt (``rablip`` template).
+        ``prompt_template``: ``rablip`` or ``release`` (module docstring). ConfigError when a setting
         is out of range or the tokenizer lacks ``image_token`` or an EOS token."""
+        if prompt_template not in prompts.PROMPT_TEMPLATES:
+            raise ConfigError(f"prompt.template must be one of {prompts.PROMPT_TEMPLATES}, got {prompt_template!r}")
         for name, value, least in (
             ("num_query_tokens", num_query_tokens, 1),
             ("max_references", max_references, 0),
@@ -107,6 +133,8 @@ class PromptPacker:
         self.max_target_length = max_target_length
         self.image_token = image_token
         self.answer_from_choices = answer_from_choices
+        self.prompt_template = prompt_template
+        self.multi_image = multi_image
         self.image_token_id = self._lookup_image_token()
         self.prefix_ids, self.suffix_ids = _special_affixes(llm_tokenizer)
         if not is_encoder_decoder:
@@ -133,6 +161,13 @@ class PromptPacker:
                 "(rablip.synthetic.tokenizer_training adds it), or set image_token to the one it has."
             )
         return token_id
+
+    def image_tokens(self, images: int) -> list[int]:
+        """The image-token placeholders of a row's ``images`` images: ``num_query_tokens`` per image
+        (``multi_image="per_slot"``), or one block of them for all (``"concat"``: one Q-Former pass per
+        example), none without images."""
+        blocks = min(images, 1) if self.multi_image == "concat" else images
+        return [self.image_token_id] * (self.num_query_tokens * blocks)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -223,6 +258,8 @@ class PromptPacker:
     def pack(self, sample: Sample, target: str | None) -> PackedRow:
         """One row: ``[question image] [prefix] ([ref image] ref line sep)* prompt [suffix]``, plus
         ``target`` (labels; None: no labels)."""
+        if self.prompt_template == "release" and sample.kind != "select":
+            return self._pack_release(sample, target)
         references = self._references(sample)
         question = self._clean(sample.question)
         lines, floors, blocks, instructions = self._reference_parts(sample, references, question)
@@ -236,6 +273,9 @@ class PromptPacker:
         )
         prompt_ids = self._tokens(prompt_text)
         question_block = [self.image_token_id] * self.num_query_tokens if sample.image is not None else []
+        if self.multi_image == "concat":  # one block for all the row's images, where the question's goes
+            question_block = self.image_tokens(int(sample.image is not None) + sum(bool(b) for b in blocks))
+            blocks = [[] for _ in blocks]
         separator_ids = self._tokens(prompts.REFERENCE_SEPARATOR)
         fixed = len(question_block) + len(self.prefix_ids) + len(prompt_ids) + len(self.suffix_ids)
         fixed += sum(len(block) + len(separator_ids) for block in blocks)
@@ -253,4 +293,40 @@ class PromptPacker:
                 labels = [IGNORE_INDEX] * len(input_ids) + target_ids
                 input_ids = input_ids + target_ids
         images = [sample.image] + [None if r.features is not None else r.image for r in references]
+        return PackedRow(input_ids, labels, images, instructions, [None] + [r.features for r in references])
+
+    def release_text(self, sample: Sample, references: list[Reference]) -> str:
+        """The release template's text of a sample: Q-Former instruction and LLM prompt alike."""
+        captions = [self._clean(r.item.text or r.item.title) for r in references if r.has_image]
+        facts = [(self._clean(r.item.title), self._clean(r.item.text)) for r in references if not r.has_image]
+        return prompts.release_prompt(self._clean(sample.question), captions, facts)
+
+    def _pack_release(self, sample: Sample, target: str | None) -> PackedRow:
+        """One answering row of the ``release`` template (module docstring)."""
+        references = self._references(sample)
+        text = self.release_text(sample, references)
+        text_ids = self._tokens(text)
+        budget = self.max_input_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if len(text_ids) > budget:
+            self._warn_once(
+                "truncate",
+                f"sample {sample.example_id!r}: the prompt was cut on the left to fit max_input_length="
+                f"{self.max_input_length} (the question at its end is kept; later rows likewise).",
+            )
+            text_ids = text_ids[len(text_ids) - budget :] if budget > 0 else []
+        slots = int(sample.image is not None) + sum(r.has_image for r in references)
+        input_ids = self.image_tokens(slots) + self.prefix_ids + text_ids + self.suffix_ids
+        labels = None
+        if target is not None:
+            # The release trains on the processed answer; a decoder-only row adds its own separator.
+            answer = prompts.release_field(target)
+            answer = answer if self.is_encoder_decoder else answer.lstrip(" ")
+            target_ids = self._target_ids(text, self._tokens(text), answer)
+            if self.is_encoder_decoder:
+                labels = target_ids
+            else:
+                labels = [IGNORE_INDEX] * len(input_ids) + target_ids
+                input_ids = input_ids + target_ids
+        images = [sample.image] + [None if r.features is not None else r.image for r in references]
+        instructions = [text] * (1 + len(references))
         return PackedRow(input_ids, labels, images, instructions, [None] + [r.features for r in references])

@@ -6,11 +6,19 @@ by :mod:`rablip.models.prompt_packing`); this module writes the text parts: one 
 QA prompt or the selection prompt, both ending with the answer prefix so generation continues from
 it), the selection target (``Reference N``) and the Q-Former instruction of each image slot (the
 fusion encoder's item texts use :func:`item_caption` too). No tokenization happens here.
+
+Two templates (config key ``prompt.template``, :data:`PROMPT_TEMPLATES`): ``rablip``, the layout
+above, and ``release``, RA-BLIP's released one (:func:`release_prompt`): one text that is both the
+Q-Former instruction and the LLM prompt, ``captions | facts | question``, its fields cleaned by
+:func:`clean_caption`. ASKG selection samples use the ``rablip`` selection layout under both.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+PROMPT_TEMPLATES = ("rablip", "release")
 
 # The InstructBLIP VQA prompt; "Short answer:" is the answer prefix that generation continues.
 QA_PROMPT = "Question: {question} Short answer:"
@@ -95,3 +103,45 @@ def qformer_instruction(question: str, caption: str = "") -> str:
     if caption:
         return QFORMER_ITEM.format(question=_clean(question), caption=caption)
     return QFORMER_QUESTION.format(question=_clean(question))
+
+
+# RA-BLIP's release (iLearn-Lab/TMM25-RA-BLIP, datasets.py, WebqaDataset): the instruction is
+# " | ".join of the non-empty parts [image captions, text facts, question].
+RELEASE_IMAGE_CAPTION = "caption of image {number} is that {caption}"
+RELEASE_TEXT_FACT = "Title:{title}, Fact:{fact}"
+RELEASE_ITEM_SEPARATOR = ";"
+RELEASE_PART_SEPARATOR = " | "
+RELEASE_MAX_WORDS = 256
+_RELEASE_REMOVED = re.compile(r"[\"*#:;~]")
+_RELEASE_SPACES = re.compile(r"\s{2,}")
+
+
+def clean_caption(text: str, max_words: int = RELEASE_MAX_WORDS) -> str:
+    """BLIP's caption cleaning as the release applies it (case kept): each of ``"*#:;~`` becomes a
+    space, every run of two or more whitespace characters one space, the ends are stripped of
+    spaces (and a trailing newline), and only the first ``max_words`` space-separated words stay."""
+    text = _RELEASE_SPACES.sub(" ", _RELEASE_REMOVED.sub(" ", text)).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else text
+
+
+def release_field(text: str) -> str:
+    """A field as the release's caption processor returns it: a space, then :func:`clean_caption`
+    (its ``" ".join([prompt, caption])`` with an empty prompt); the question, titles, facts and
+    answers go through it."""
+    return " " + clean_caption(text)
+
+
+def release_prompt(question: str, image_captions: Sequence[str], facts: Sequence[tuple[str, str]]) -> str:
+    """The release's Q-Former instruction and LLM prompt, one string: ``"caption of image 1 is that
+    <caption>;... | Title: <title>, Fact: <fact>;... | <question>"``, the empty parts left out.
+    ``image_captions``: one per reference with an image, in order, numbered from 1 and used as given
+    (the release does not clean captions); ``facts``: (title, fact) per text reference, cleaned."""
+    captions = RELEASE_ITEM_SEPARATOR.join(
+        RELEASE_IMAGE_CAPTION.format(number=number, caption=caption)
+        for number, caption in enumerate(image_captions, start=1)
+    )
+    texts = RELEASE_ITEM_SEPARATOR.join(
+        RELEASE_TEXT_FACT.format(title=release_field(title), fact=release_field(fact)) for title, fact in facts
+    )
+    return RELEASE_PART_SEPARATOR.join(part for part in (captions, texts, release_field(question)) if part)

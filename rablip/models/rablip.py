@@ -9,6 +9,8 @@ computes. Only real image slots (``image_slot_mask``) are encoded and scattered,
 into the LLM's image-token positions; empty and text-only slots contribute nothing. A real slot
 whose patch features were precomputed (``image_embeds`` where ``image_embeds_mask`` is True, from
 the frozen-feature cache) skips the vision tower; everything after it is the same computation.
+That is ``multi_image="per_slot"``; ``"concat"`` (RA-BLIP's release) concatenates an example's real
+slots' patch features into ONE Q-Former pass with its own tables (:mod:`rablip.models.multi_image`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers.utils import ModelOutput
 from rablip.models.config import RABlipConfig
 from rablip.models.freezing import apply_trainable_modules
 from rablip.models.loss import combine_losses, labelled_token_losses, per_sample_token_losses
+from rablip.models.multi_image import concat_example_features, patch_position_table
 from rablip.models.qformer import build_qformer, run_qformer
 from rablip.models.refine_hook import apply_refinement
 from rablip.models.slots import SlotBatch, normalize_slot_inputs
@@ -90,7 +93,12 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
             )
         else:
             self.register_parameter("slot_type_embeds", None)
-        if config.use_slot_position_embeds:
+        concat = config.multi_image == "concat"
+        if concat and config.use_slot_position_embeds:
+            self.patch_position_embeds = patch_position_table(config, self.vision_model)
+        else:
+            self.register_parameter("patch_position_embeds", None)
+        if config.use_slot_position_embeds and not concat:
             self.slot_position_embeds = nn.Parameter(
                 torch.zeros(config.max_image_slots * config.num_query_tokens, qformer_width)
             )
@@ -105,7 +113,7 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, RABlipForConditionalGeneration):
             init.zeros_(module.query_tokens)
-            for table in (module.slot_type_embeds, module.slot_position_embeds):
+            for table in (module.slot_type_embeds, module.slot_position_embeds, module.patch_position_embeds):
                 if table is not None:
                     init.zeros_(table)
 
@@ -201,18 +209,26 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
         return SlotFeatures(query_output, language_inputs, batch_index, slot_index)
 
     def embed_inputs(self, slots: SlotBatch, input_ids: torch.Tensor, interpolate_pos_encoding: bool = False):
-        """LLM input embeddings (B, L, Dl) with each real slot's query outputs at its image tokens."""
-        features = self.get_slot_features(slots, interpolate_pos_encoding)
+        """LLM input embeddings (B, L, Dl) with each real slot's (per_slot) or each example's (concat)
+        query outputs at its image tokens."""
+        concat = self.config.multi_image == "concat"
+        if concat:
+            features = concat_example_features(self, slots, interpolate_pos_encoding)
+            images = slots.image_slot_mask.any(dim=1).long()
+        else:
+            features = self.get_slot_features(slots, interpolate_pos_encoding)
+            images = slots.image_slot_mask.sum(dim=1)
         inputs_embeds = self.get_input_embeddings()(input_ids)
         image_positions = input_ids == self.config.image_token_index
-        expected = slots.image_slot_mask.sum(dim=1) * self.config.num_query_tokens
+        expected = images * self.config.num_query_tokens
         found = image_positions.sum(dim=1)
         if not torch.equal(found.cpu(), expected.cpu()):
             bad = (found != expected).nonzero().flatten().tolist()
             raise ValueError(
                 f"image tokens (id {self.config.image_token_index}) in input_ids do not match the real image "
                 f"slots: examples {bad} have {found[bad].tolist()} image tokens, expected "
-                f"{expected[bad].tolist()} (num_query_tokens={self.config.num_query_tokens} per real slot)"
+                f"{expected[bad].tolist()} (num_query_tokens={self.config.num_query_tokens} per "
+                f"{'example with an image, multi_image=concat' if concat else 'real slot'})"
             )
         language_inputs = features.language_inputs.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_positions.unsqueeze(-1), language_inputs)

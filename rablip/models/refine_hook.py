@@ -24,19 +24,20 @@ def _has_cls_token(model: nn.Module) -> bool:
     return getattr(model.vision_model.backbone, "num_prefix_tokens", 0) > 0
 
 
-def apply_refinement(
+def refinement_indices(
     model: nn.Module,
     patches: torch.Tensor,
     slots: SlotBatch,
     batch_index: torch.Tensor,
     slot_index: torch.Tensor,
     top_m: int,
-) -> torch.Tensor:
-    """Keep the ``top_m`` query-relevant patches (plus CLS) of each real slot: (N, P, Dv) -> (N, m', Dv)."""
+) -> torch.Tensor | None:
+    """Indices (N, m') into each real slot's P patches of the ``top_m`` query-relevant patches (plus
+    CLS), or None when ``top_m`` keeps every patch."""
     has_cls = _has_cls_token(model)
     num_patches = patches.shape[1] - int(has_cls)
     if top_m >= num_patches:
-        return patches
+        return None
     if slots.qformer_input_ids is None or not hasattr(model.qformer, "embeddings"):
         raise ConfigError("model.refine_top_m needs the instruction-aware (InstructBLIP) Q-Former and its input ids")
     batch_size, num_slots = slots.image_slot_mask.shape
@@ -52,5 +53,19 @@ def apply_refinement(
         text_queries = cross_attention.query(word_embeds)
         question = (text_queries * text_mask).sum(dim=1) / text_mask.sum(dim=1).clamp(min=1)
         _, indices = refine_slot_patches(grid, slots.image_slot_mask, question, top_m, has_cls=has_cls)
-    keep = indices[batch_index, slot_index]  # (N, m'), real slots only: no -1 entries
+    return indices[batch_index, slot_index]  # (N, m'), real slots only: no -1 entries
+
+
+def apply_refinement(
+    model: nn.Module,
+    patches: torch.Tensor,
+    slots: SlotBatch,
+    batch_index: torch.Tensor,
+    slot_index: torch.Tensor,
+    top_m: int,
+) -> torch.Tensor:
+    """Keep the ``top_m`` query-relevant patches (plus CLS) of each real slot: (N, P, Dv) -> (N, m', Dv)."""
+    keep = refinement_indices(model, patches, slots, batch_index, slot_index, top_m)
+    if keep is None:
+        return patches
     return torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))

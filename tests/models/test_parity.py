@@ -1,7 +1,9 @@
-"""With one image slot the model computes exactly what transformers' InstructBLIP / BLIP-2 computes."""
+"""With one image slot the model computes exactly what transformers' InstructBLIP / BLIP-2 computes,
+in both ``multi_image`` modes (their new tables start at zero)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
@@ -45,21 +47,27 @@ def _check_parity(reference, ours, inputs, decoder_only: bool):
     assert torch.equal(got_ids, expected_ids)
 
 
-def test_parity_t5(tiny_t5_dir):
+MODES = pytest.mark.parametrize("multi_image", ["per_slot", "concat"])
+
+
+@MODES
+def test_parity_t5(tiny_t5_dir, multi_image):
     reference = InstructBlipForConditionalGeneration.from_pretrained(tiny_t5_dir).eval()
-    ours = RABlipForConditionalGeneration.from_pretrained(tiny_t5_dir).eval()
+    ours = RABlipForConditionalGeneration.from_pretrained(tiny_t5_dir, multi_image=multi_image).eval()
     _check_parity(reference, ours, _single_image_inputs(reference.config, decoder_only=False), decoder_only=False)
 
 
-def test_parity_opt(tiny_opt_dir):
+@MODES
+def test_parity_opt(tiny_opt_dir, multi_image):
     reference = InstructBlipForConditionalGeneration.from_pretrained(tiny_opt_dir).eval()
-    ours = RABlipForConditionalGeneration.from_pretrained(tiny_opt_dir).eval()
+    ours = RABlipForConditionalGeneration.from_pretrained(tiny_opt_dir, multi_image=multi_image).eval()
     _check_parity(reference, ours, _single_image_inputs(reference.config, decoder_only=True), decoder_only=True)
 
 
-def test_parity_blip2(tiny_blip2_dir):
+@MODES
+def test_parity_blip2(tiny_blip2_dir, multi_image):
     reference = Blip2ForConditionalGeneration.from_pretrained(tiny_blip2_dir).eval()
-    ours = RABlipForConditionalGeneration.from_pretrained(tiny_blip2_dir).eval()
+    ours = RABlipForConditionalGeneration.from_pretrained(tiny_blip2_dir, multi_image=multi_image).eval()
     assert ours.config.qformer_text_input is False
     inputs = _single_image_inputs(reference.config, decoder_only=True)
     with torch.no_grad():

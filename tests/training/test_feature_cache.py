@@ -370,3 +370,17 @@ def test_finetuning_with_the_cache_follows_the_uncached_losses(world, tmp_path):
     with torch.no_grad():
         expected = model.encode_images(uncached["pixel_values"][used])
     assert_float16_of(batch["image_embeds"][used], expected)
+
+
+def test_concat_mode_finetunes_with_the_cache_as_without(world, tmp_path):
+    """model.multi_image=concat (one Q-Former pass per example) reads cached features like per_slot."""
+    losses = {}
+    for name, extra in (("plain", []), ("cached", ["train.feature_cache=true",
+                                                   f"train.feature_cache_dir={tmp_path / 'features'}"])):
+        out = tmp_path / name
+        result = run(FINETUNE, finetune_args(world, out, "train.max_steps=3", "train.save_every=3",
+                                             "model.multi_image=concat", *extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[name] = np.array([r["loss"] for r in metrics_lines(out) if "loss" in r])
+    assert len(losses["plain"]) == 3 and np.isfinite(losses["plain"]).all()
+    assert np.allclose(losses["cached"], losses["plain"], rtol=2e-4, atol=0), losses
