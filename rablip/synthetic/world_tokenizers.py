@@ -26,9 +26,12 @@ from rablip.synthetic.tokenizer_training import train_tokenizer
 
 
 def prompt_texts() -> list[str]:
-    """The words of every prompt template in :mod:`rablip.models.prompts` (placeholders removed) and
-    the reference numbers, so no prompt word falls apart into characters."""
-    templates = [value for name, value in vars(prompts).items() if name.isupper() and isinstance(value, str)]
+    """The words of the ``rablip`` prompt templates in :mod:`rablip.models.prompts` (placeholders
+    removed; the synthetic configs use that template, so the release's ``RELEASE_*`` ones are left out
+    and the tiny tokenizers stay as they were) and the reference numbers, so no prompt word falls
+    apart into characters."""
+    templates = [value for name, value in vars(prompts).items()
+                 if name.isupper() and isinstance(value, str) and not name.startswith("RELEASE_")]
     texts = [" ".join(re.sub(r"\{[^{}]*\}", " ", template).split()) for template in templates]
     texts.append(" ".join(str(number) for number in range(21)))
     return [text for text in texts if text]

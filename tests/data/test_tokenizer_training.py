@@ -87,3 +87,18 @@ def test_bad_arguments(tmp_path):
         train_tokenizer(["", "  "], tmp_path, kind="bert")
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(CORPUS, tmp_path, kind="causal", vocab_size=100)
+
+
+def test_world_tokenizers_learn_the_rablip_template_words_and_not_the_releases():
+    """The synthetic configs use the rablip template: its words are in the tokenizer corpus; the
+    release template's are not, so adding that template left the tiny tokenizers (and the demo) as
+    they were."""
+    from rablip.models import prompts
+    from rablip.synthetic.world_tokenizers import prompt_texts
+
+    corpus = " ".join(prompt_texts())
+    assert "Short answer:" in corpus and "Relevant reference:" in corpus and "image with caption:" in corpus
+    release_words = {"caption of image", "is that", "Title:", "Fact:"}
+    assert {word for word in release_words if word in prompts.RELEASE_IMAGE_CAPTION + prompts.RELEASE_TEXT_FACT} == \
+        release_words, "the release templates hold these words"
+    assert not any(word in corpus for word in release_words)
