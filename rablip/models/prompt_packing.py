@@ -284,9 +284,15 @@ class PromptPacker:
         for block, line in zip(blocks, lines, strict=True):
             input_ids += block + line + separator_ids
         input_ids += prompt_ids + self.suffix_ids
+        target_ids = self._target_ids(prompt_text, prompt_ids, target) if target is not None else None
+        return self._row(sample, references, input_ids, target_ids, instructions)
+
+    def _row(self, sample: Sample, references: list[Reference], input_ids: list[int],
+             target_ids: list[int] | None, instructions: list[str]) -> PackedRow:
+        """The packed row: an encoder-decoder LLM's labels are the target; a decoder-only one's input
+        continues with the target, labelled there only."""
         labels = None
-        if target is not None:
-            target_ids = self._target_ids(prompt_text, prompt_ids, target)
+        if target_ids is not None:
             if self.is_encoder_decoder:
                 labels = target_ids
             else:
@@ -316,17 +322,10 @@ class PromptPacker:
             text_ids = text_ids[len(text_ids) - budget :] if budget > 0 else []
         slots = int(sample.image is not None) + sum(r.has_image for r in references)
         input_ids = self.image_tokens(slots) + self.prefix_ids + text_ids + self.suffix_ids
-        labels = None
+        target_ids = None
         if target is not None:
             # The release trains on the processed answer; a decoder-only row adds its own separator.
             answer = prompts.release_field(target)
             answer = answer if self.is_encoder_decoder else answer.lstrip(" ")
             target_ids = self._target_ids(text, self._tokens(text), answer)
-            if self.is_encoder_decoder:
-                labels = target_ids
-            else:
-                labels = [IGNORE_INDEX] * len(input_ids) + target_ids
-                input_ids = input_ids + target_ids
-        images = [sample.image] + [None if r.features is not None else r.image for r in references]
-        instructions = [text] * (1 + len(references))
-        return PackedRow(input_ids, labels, images, instructions, [None] + [r.features for r in references])
+        return self._row(sample, references, input_ids, target_ids, [text] * (1 + len(references)))
