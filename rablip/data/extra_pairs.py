@@ -17,6 +17,7 @@ images are decoded when a pair is loaded, through :class:`~rablip.data.images.Im
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,15 @@ def read_extra_pairs(path: str | os.PathLike) -> list[ExtraPair]:
     if not pairs:
         raise DataError(f"{WHAT} {path} holds no records; write one pair per line or set data.extra_pairs.share=0.")
     return pairs
+
+
+def questions_by_kind(question_kinds: Iterable[tuple[str, Iterable[str]]]) -> dict[str, list[str]]:
+    """Question texts by the kind (``text``, ``image``) of the items relevant to them, each list sorted,
+    from ``(question, kinds of its relevant items)`` pairs; a kind no question has falls back to every
+    question. An extra pair with an empty question draws one from the list of its target's kind."""
+    by_kind: dict[str, set[str]] = {"text": set(), "image": set()}
+    for question, kinds in question_kinds:
+        for kind in kinds:
+            by_kind[kind].add(question)
+    every = sorted(set().union(*by_kind.values()))
+    return {kind: sorted(questions) or every for kind, questions in by_kind.items()}

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from rablip.benchmarks import load_split
 from rablip.config.schema import Config
-from rablip.data.extra_pairs import ExtraPairs
+from rablip.data.extra_pairs import ExtraPairs, questions_by_kind
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.records import KBItem, QAExample
@@ -155,13 +155,8 @@ def item_kind(item: KBItem) -> str:
 def questions_by_item_kind(pairs: list[Pair], kb: KBStore) -> dict[str, list[str]]:
     """Training question texts by the kind of item (text, image) that is relevant to them; a kind no
     question has falls back to every question."""
-    by_kind: dict[str, set[str]] = {"text": set(), "image": set()}
-    for pair in pairs:
-        if pair.question:
-            for item in kb.get_many(pair.item_ids):
-                by_kind[item_kind(item)].add(pair.question)
-    every = sorted(set().union(*by_kind.values()))
-    return {kind: sorted(questions) or every for kind, questions in by_kind.items()}
+    return questions_by_kind((pair.question, [item_kind(item) for item in kb.get_many(pair.item_ids)])
+                             for pair in pairs if pair.question)
 
 
 class PretrainModel(torch.nn.Module):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rablip.data.extra_pairs import questions_by_kind
 from rablip.data.records import KBItem
 from rablip.synthetic.entities import invented_entity, make_names
 from rablip.synthetic.files import (
@@ -66,12 +67,10 @@ def training_questions_by_item_kind(world_dir: str | Path) -> dict[str, list[str
     world_dir = Path(world_dir)
     has_image = {item["id"]: "image" in item for item in read_jsonl(world_dir / KB_NAME)}
     texts = {q["question_id"]: q["question"] for q in read_json(world_dir / questions_name("train"))["questions"]}
-    by_kind: dict[str, set[str]] = {"text": set(), "image": set()}
-    for annotation in read_json(world_dir / annotations_name("train"))["annotations"]:
-        for item_id in annotation.get("relevant_ids") or []:
-            by_kind["image" if has_image[item_id] else "text"].add(texts[annotation["question_id"]])
-    every = sorted(set().union(*by_kind.values()))
-    return {kind: sorted(questions) or every for kind, questions in by_kind.items()}
+    annotations = read_json(world_dir / annotations_name("train"))["annotations"]
+    return questions_by_kind(
+        (texts[a["question_id"]], ["image" if has_image[i] else "text" for i in a.get("relevant_ids") or []])
+        for a in annotations)
 
 
 def write_invented_pairs(world_dir: str | Path, out_dir: str | Path, count: int, seed: int) -> dict[str, int]:

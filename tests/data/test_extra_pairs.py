@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rablip.data.extra_pairs import ExtraPairs, read_extra_pairs
+from rablip.data.extra_pairs import ExtraPairs, questions_by_kind, read_extra_pairs
 from rablip.errors import DataError
 
 ITEM = {"id": "x-1", "text": "The zorb eats moss.", "title": "zorb"}
@@ -64,3 +64,9 @@ def test_an_empty_or_missing_file_is_refused(tmp_path):
         read_extra_pairs(tmp_path / "empty.jsonl")
     with pytest.raises(DataError, match="not found"):
         read_extra_pairs(tmp_path / "nope.jsonl")
+
+
+def test_questions_by_kind_sorts_each_kind_and_falls_back_to_every_question():
+    assert questions_by_kind([("b?", ["text"]), ("a?", ["text", "image"]), ("c?", [])]) == \
+        {"text": ["a?", "b?"], "image": ["a?"]}
+    assert questions_by_kind([("b?", ["text"]), ("a?", ["text"])]) == {"text": ["a?", "b?"], "image": ["a?", "b?"]}
