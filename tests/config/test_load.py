@@ -38,8 +38,17 @@ def test_published_models_point_at_their_checkpoints():
     # A checkpoint brings its sizes (there is no model.arch): each config names its published dir.
     for name, checkpoint in (("instructblip_flant5xl", "instructblip-flan-t5-xl"),
                              ("instructblip_flant5xxl", "instructblip-flan-t5-xxl"),
+                             ("instructblip_t5base", "instructblip-t5-base"),
+                             ("instructblip_t5large", "instructblip-t5-large"),
                              ("instructblip_vicuna7b", "instructblip-vicuna-7b"), ("blip2_opt2.7b", "blip2-opt-2.7b")):
         assert load_config(CONFIGS_DIR / "model" / f"{name}.yaml").model.checkpoint == f"checkpoints/{checkpoint}"
+
+
+def test_ra_blip_generators_compute_as_released():
+    # RA-BLIP's four generators run the release's one-pass multi-image Q-Former; the others keep rablip's default.
+    for name in ("instructblip_flant5xl", "instructblip_flant5xxl", "instructblip_t5base", "instructblip_t5large"):
+        assert load_config(CONFIGS_DIR / "model" / f"{name}.yaml").model.multi_image == "concat", name
+    assert load_config(CONFIGS_DIR / "model" / "instructblip_vicuna7b.yaml").model.multi_image == "per_slot"
 
 
 def test_required_keys_exist():
