@@ -3,8 +3,10 @@
 Key names follow LAVIS (``blip2_t5_instruct.py``, ``blip2_qformer.py``, ``eva_vit.py``):
 ``visual_encoder.*`` (EVA ViT), ``ln_vision``, ``Qformer.bert.*``, ``query_tokens``,
 ``t5_proj``/``llm_proj``/``opt_proj``, ``t5_model``/``llm_model``/``opt_model``, plus RA-BLIP's
-``pos_embeds`` and ``type_embeds``. Every key is accounted for: mapped, dropped by a named rule, or
-unknown (an error). The file is read with ``torch.load(weights_only=True)`` (no unpickling of code).
+``pos_embeds`` and ``type_embeds`` (here onto the per_slot tables; a checkpoint of RA-BLIP's code
+release converts into its own ``multi_image="concat"`` layout with :mod:`rablip.models.release_convert`).
+Every key is accounted for: mapped, dropped by a named rule, or unknown (an error). The file is read
+with ``torch.load(weights_only=True)`` (no unpickling of code).
 
 With a base checkpoint dir (a transformers InstructBLIP / BLIP-2 dir) the result is a loadable
 trainable-only rablip dir: the converted weights overlay the base, and module groups the .pth
@@ -77,6 +79,7 @@ class ConversionReport:
     dropped: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     filled_from_base: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # where the converted model computes other than the source
 
     def to_json(self) -> str:
         """The report as indented JSON."""
@@ -196,20 +199,41 @@ def convert_lavis_checkpoint(input_path: str | Path, output_dir: str | Path, bas
     Always writes ``conversion_report.json`` to ``output_dir``.
     """
     from rablip.models.loading import checkpoint_kind
-    from rablip.models.rablip import RABlipForConditionalGeneration
 
-    input_path, output_dir = Path(input_path), Path(output_dir)
+    input_path = Path(input_path)
     qformer_text_input = True
     if base is not None:
         qformer_text_input = checkpoint_kind(base) != "blip-2"
     converted, report = convert_lavis_state_dict(read_lavis_checkpoint(input_path), qformer_text_input)
+    write_conversion(converted, report, input_path, output_dir, base)
+    return report
+
+
+def write_conversion(
+    converted: dict[str, torch.Tensor],
+    report: ConversionReport,
+    source: Path,
+    output_dir: str | Path,
+    base: str | Path | None,
+    **overrides,
+) -> None:
+    """Write converted weights to ``output_dir``: over ``base`` loaded with the rablip config
+    ``overrides`` (a loadable trainable-only dir whose config records them), or, without a base,
+    the renamed weights only; plus ``conversion_report.json``.
+
+    Tensors that shared storage in the .pth (tied embeddings) are written as separate copies,
+    which safetensors requires.
+    """
+    from rablip.models.rablip import RABlipForConditionalGeneration
+
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if base is None:
-        save_file({k: v.contiguous() for k, v in converted.items()}, str(output_dir / CONVERTED_WEIGHTS_FILE))
+        save_file(_unshared({k: v.contiguous() for k, v in converted.items()}), str(output_dir / CONVERTED_WEIGHTS_FILE))
     else:
-        model = RABlipForConditionalGeneration.from_pretrained(base)
+        model = RABlipForConditionalGeneration.from_pretrained(base, **overrides)
         model_state = model.state_dict()
-        _fit_to_model(converted, model_state, input_path)
+        _fit_to_model(converted, model_state, source)
         groups = sorted({group_of(key) for key in converted})
         overlay = {}
         for key, tensor in model_state.items():
@@ -220,10 +244,20 @@ def convert_lavis_checkpoint(input_path: str | Path, output_dir: str | Path, bas
             else:
                 overlay[key] = tensor.detach().clone().contiguous()
                 report.filled_from_base.append(key)
-        save_file(overlay, str(output_dir / TRAINABLE_WEIGHTS_FILE), metadata=trainable_metadata(groups))
+        save_file(_unshared(overlay), str(output_dir / TRAINABLE_WEIGHTS_FILE), metadata=trainable_metadata(groups))
         model.config.save_pretrained(str(output_dir))
     (output_dir / REPORT_FILE).write_text(report.to_json(), encoding="utf-8")
-    return report
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every tensor whose storage an earlier one uses replaced by a copy."""
+    seen: set[int] = set()
+    result = {}
+    for key, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        result[key] = tensor.clone() if pointer in seen and tensor.numel() else tensor
+        seen.add(pointer)
+    return result
 
 
 __all__ = [
@@ -232,4 +266,5 @@ __all__ = [
     "convert_lavis_state_dict",
     "map_lavis_key",
     "read_lavis_checkpoint",
+    "write_conversion",
 ]
