@@ -1,4 +1,5 @@
-"""Pre-train the Q-Former and fusion encoder (ITC, ITM, ITG) on knowledge items and question-item pairs.
+"""Pre-train the Q-Former and fusion encoder (ITC, ITM, ITG) on knowledge items and question-item pairs;
+with ``train.stage=rerank``, train the re-ranker head on the frozen pre-trained encoder instead.
 
 Usage: python run_pretrain.py --config PATH [key=value ...] [--print-config] [--debug]
 """

@@ -2,10 +2,16 @@
 
     python scripts/build_kb.py --config configs/experiment/okvqa_finetune.yaml [key=value ...]
 
-Reads ``data.kb.path`` in ``data.kb.format`` (jsonl, wit_tsv, webqa), checks every image path
-against ``data.kb.root`` and every id for uniqueness, and writes the store to
+Reads ``data.kb.path`` (and ``data.kb.extra_paths``) in ``data.kb.format`` (jsonl, wit_tsv, webqa),
+checks every image path against ``data.kb.root`` and every id for uniqueness, and writes the store to
 ``data.kb.store_dir`` (which must not exist yet, or be empty). A failed or interrupted build leaves
 nothing at ``store_dir``.
+
+WebQA (``configs/experiment/webqa_pretrain.yaml``): every text and image fact of the files once; image
+facts keep their image id and are read from ``data.kb.webqa_images_tsv`` through its ``imgs.lineidx``
+when used, so the TSV is not copied. Every image is checked; the unusable ones (id not in the lineidx,
+truncated line, not an image) are reported with record guid and image id, and refused (exit code 2)
+or left out as ``data.kb.on_missing`` (error, skip) says.
 """
 
 from __future__ import annotations

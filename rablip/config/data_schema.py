@@ -52,10 +52,20 @@ class KBConfig:
     """Column holding item ids (empty: ids are <file stem>-<row>)."""
     wit_has_header: bool = True
     webqa_images_tsv: str = ""
-    """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts."""
+    """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts. The store refers to the images by
+    id and reads them from this file when they are used: it holds no copy of the TSV."""
+    extra_paths: list[str] = field(default_factory=list)
+    """Further input files in ``format``, read after ``path`` into the same store (WebQA: WebQA_test.json,
+    so that the test questions' sources are in the store too; a fact listed in both files is stored once)."""
+    on_missing: str = "error"
+    """WebQA: what to do with image facts whose image is unusable (id not in imgs.lineidx, a truncated or
+    garbled line, a payload that is not an image). Both report them in one message (count, and the first
+    few with record guid and image id). error: refuse the build (exit code 2, nothing written); skip:
+    leave those facts out of the store."""
 
     def __post_init__(self) -> None:
         check_choice("data.kb.format", self.format, ("jsonl", "wit_tsv", "webqa"))
+        check_choice("data.kb.on_missing", self.on_missing, ("error", "skip"))
 
 
 @dataclass
@@ -87,7 +97,7 @@ class DataConfig:
     """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek."""
     root: str = ""
     """Directory the dataset's files are under: a relative path in data.{train,val,test,replay}.{path,
-    annotations,qtypes,image_root}, data.extra_pairs.path and data.kb.{path,root,store_dir,webqa_images_tsv}
+    annotations,qtypes,image_root}, data.extra_pairs.path and data.kb.{path,extra_paths,root,store_dir,webqa_images_tsv}
     resolves under it (once, when the config is loaded: config.yaml holds the resolved paths). Empty: the
     working directory. Other keys may interpolate it, e.g. ``model.checkpoint: ${data.root}/model``."""
     train: SplitConfig = field(default_factory=SplitConfig)

@@ -256,9 +256,16 @@ def build_config(layers: list[Layer]) -> Config:
 DATA_PATH_KEYS = (
     *(f"{split}.{key}" for split in ("train", "val", "test", "replay")
       for key in ("path", "annotations", "qtypes", "image_root")),
-    "extra_pairs.path", "kb.path", "kb.root", "kb.store_dir", "kb.webqa_images_tsv",
+    "extra_pairs.path", "kb.path", "kb.extra_paths", "kb.root", "kb.store_dir", "kb.webqa_images_tsv",
 )
 """The ``data.`` keys whose relative paths resolve under ``data.root``."""
+
+
+def _under_root(root: str, value: str) -> str:
+    """``value`` joined to ``root`` when it is a non-empty relative path; else as it is."""
+    if value and not os.path.isabs(os.path.expanduser(value)):
+        return os.path.normpath(os.path.join(root, value))
+    return value
 
 
 def resolve_data_paths(cfg: Config) -> Config:
@@ -274,8 +281,10 @@ def resolve_data_paths(cfg: Config) -> Config:
         for part in section.split("."):
             owner = getattr(owner, part)
         value = getattr(owner, name)
-        if value and not os.path.isabs(os.path.expanduser(value)):
-            setattr(owner, name, os.path.normpath(os.path.join(root, value)))
+        if isinstance(value, list):  # a list of paths (data.kb.extra_paths)
+            setattr(owner, name, [_under_root(root, each) for each in value])
+        else:
+            setattr(owner, name, _under_root(root, value))
     return cfg
 
 

@@ -5,7 +5,8 @@ Each section is a dataclass; each field has a docstring (the string under it). Y
 key or a value of the wrong type stops the program before any work. Checks that go beyond types
 (allowed choices, ranges) live in ``__post_init__`` and raise :class:`ConfigValueError`
 (:mod:`rablip.config.checks`), which the loader turns into a message that also names the file the
-value came from. The ``data`` section lives in :mod:`rablip.config.data_schema`.
+value came from. The ``data`` section lives in :mod:`rablip.config.data_schema`, ``eval`` and ``log`` in
+:mod:`rablip.config.eval_schema`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from rablip.config.checks import ConfigValueError, check_choice, check_positive, check_range
 from rablip.config.data_schema import DATASETS, DataConfig, ExtraPairsConfig, KBConfig, SplitConfig
+from rablip.config.eval_schema import EvalConfig, LogConfig
 
 __all__ = ["DATASETS", "GENERATOR_MODULES", "TRAINABLE_MODULES", "AskgConfig", "Config", "ConfigValueError",
            "DataConfig", "EvalConfig", "ExtraPairsConfig", "FusionConfig", "KBConfig", "LogConfig", "ModelConfig",
@@ -131,7 +133,9 @@ class RetrievalConfig:
     """Re-score k x rerank_factor candidates with full-precision embeddings."""
     rerank_factor: int = 4
     rerank_model: bool = False
-    """Re-order the top-k with the model's trained re-ranker."""
+    """Re-score the top k x rerank_factor with the fusion re-ranker on the joint (question, item) sequence:
+    the head that run_pretrain.py train.stage=rerank saved beside the encoder (model.fusion.checkpoint),
+    or the encoder's ITM head when it holds none."""
     expansion_entities: int = 1
     """two_stage: entity names from the image search added to the question."""
     allow_foreign_index: bool = False
@@ -144,9 +148,14 @@ class RetrievalConfig:
     """Items per encoder batch when encoding the knowledge base (0: eval.batch_size)."""
     instruct_queries: bool = True
     """False: query images are extracted without the question as Q-Former instruction (uninstructed ablation)."""
+    scope: str = "global"
+    """source=index: global searches the whole KB; candidates (WebQA's standard setting; dataset webqa, mode ra_blip):
+    rank only each question's listed sources (train/val: its pos+neg facts; test: txt_Facts+img_Facts) exactly
+    by their stored embeddings; a question listing none gets no references."""
 
     def __post_init__(self) -> None:
         check_choice("retrieval.source", self.source, ("index", "static", "gold", "none"))
+        check_choice("retrieval.scope", self.scope, ("global", "candidates"))
         check_choice("retrieval.mode", self.mode, ("ra_blip", "image", "two_stage"))
         check_choice("retrieval.index_type", self.index_type, ("flat", "ivfflat", "ivfpq", "hnsw"))
         check_positive("retrieval.k", self.k, allow_zero=True)
@@ -164,7 +173,8 @@ class PromptConfig:
     "Reference N: ..." lines ending "Question: q Short answer:"; release: RA-BLIP's released text, one
     string for both, "caption of image 1 is that c;... | Title: t, Fact: f;... | q" (BLIP caption
     cleaning), both tokenizations cut on the left (data.qformer_max_length; data.max_input_length
-    text tokens, image tokens not counted). ASKG selection samples use rablip's text under both."""
+    text tokens, image tokens not counted). ASKG selection samples follow the same choice: rablip's
+    "Reference N" layout, or the release's two-reference selection prompt and target."""
 
     def __post_init__(self) -> None:
         check_choice("prompt.template", self.template, ("rablip", "release"))
@@ -173,18 +183,28 @@ class PromptConfig:
 @dataclass
 class AskgConfig:
     enabled: bool = False
-    """Adaptive Selection Knowledge Generation: mix irrelevant references and add the selection sample."""
+    """Adaptive Selection Knowledge Generation: add a relevance-selection sample per example (see answer_refs)."""
     noise_ratio: float = 0.5
-    """Share of a sample's references that are irrelevant."""
+    """Share of a sample's references that are irrelevant (answer_refs=mixed only)."""
     weight: float = 0.1
     """Loss weight of the relevance-selection sample (RA-BLIP: 0.1)."""
     negatives: str = "random"
     """random: random KB items; hard: retriever ranks below the relevant ones; dataset: its own distractors."""
+    answer_refs: str = "mixed"
+    """What the ASKG samples hold (rablip/training/askg.py). mixed (RORA-style noise training): answering
+    references mix in irrelevant ones (noise_ratio); the selection lists one relevant and up to k - 1 of
+    them. gold (RA-BLIP's release): the answering sample holds the relevant items (images up to retrieval.k),
+    no distractors; the selection lists the first relevant text (else image) item and the first negative
+    (askg.negatives) of the other modality (else of any)."""
+    selection_order: str = "shuffled"
+    """Selection sample's order. shuffled (rablip): random; positive_first (RA-BLIP's release): relevant first."""
 
     def __post_init__(self) -> None:
         check_range("askg.noise_ratio", self.noise_ratio, 0.0, 1.0)
         check_positive("askg.weight", self.weight, allow_zero=True)
         check_choice("askg.negatives", self.negatives, ("random", "hard", "dataset"))
+        check_choice("askg.answer_refs", self.answer_refs, ("mixed", "gold"))
+        check_choice("askg.selection_order", self.selection_order, ("shuffled", "positive_first"))
 
 
 @dataclass
@@ -275,6 +295,11 @@ class TrainConfig:
     """Pre-training: image-text matching (hard negatives) loss weight."""
     itg_weight: float = 1.0
     """Pre-training: Q-Former caption generation loss weight."""
+    stage: str = "encoder"
+    """What run_pretrain.py trains: encoder (the Q-Former and fusion encoder, ITC/ITM/ITG) or rerank (only
+    a re-ranker head, initialised from the ITM head, on the frozen fused features of model.fusion.checkpoint
+    over each training question's relevant items and the retriever's hard negatives from
+    retrieval.index_dir; rablip/stages/rerank.py). retrieval.rerank_model then scores with that head."""
 
     def __post_init__(self) -> None:
         check_positive("train.lr", self.lr)
@@ -299,58 +324,11 @@ class TrainConfig:
         check_choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
         check_choice("train.best_mode", self.best_mode, ("max", "min"))
         check_choice("train.item_pairs", self.item_pairs, ("self", "entity"))
+        check_choice("train.stage", self.stage, ("encoder", "rerank"))
         for name in ("itc_weight", "itm_weight", "itg_weight"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if len(self.betas) != 2:
             raise ConfigValueError("train.betas", f"needs two values, got {self.betas}")
-
-
-@dataclass
-class EvalConfig:
-    split: str = "val"
-    """Split to answer: train, val or test."""
-    checkpoint: str = ""
-    """Fine-tuned rablip checkpoint dir to evaluate (empty: model.checkpoint as it is)."""
-    batch_size: int = 8
-    num_beams: int = 5
-    max_new_tokens: int = 10
-    repetition_penalty: float = 1.0
-    length_penalty: float = 1.0
-    lemmatize: bool = False
-    """OK-VQA: lemmatize predictions as BLIP-2/LAVIS do (not part of the official metric)."""
-    noisy_fraction: float = 0.0
-    """Replace this share of the k references (rounded half up; the lowest-ranked ones) by random items
-    of other entities, then shuffle the k (robustness check)."""
-    k_sweep: list[int] = field(default_factory=list)
-    """Also answer with the top k references for each of these k (clean retrieval) and plot accuracy
-    against k in the report; the configured retrieval.k is always included."""
-    retrieval_only: bool = False
-    """Score the configured retriever (recall@k, MRR, precision@k, WebQA retrieval F1) without loading
-    the generator or answering; needs retrieval.source index or static."""
-    report: bool = True
-    """Write report.html with plots and an example gallery."""
-    gallery_size: int = 24
-
-    def __post_init__(self) -> None:
-        check_choice("eval.split", self.split, ("train", "val", "test"))
-        check_positive("eval.num_beams", self.num_beams)
-        check_range("eval.noisy_fraction", self.noisy_fraction, 0.0, 1.0)
-        for k in self.k_sweep:
-            check_positive("eval.k_sweep", k, allow_zero=True)
-
-
-@dataclass
-class LogConfig:
-    wandb: bool = False
-    """Log to Weights & Biases (offline mode works without network)."""
-    wandb_project: str = "rablip"
-    wandb_mode: str = "offline"
-    """offline writes a local run folder to sync later; online needs network."""
-    every: int = 10
-    """Log metrics every this many optimizer steps."""
-
-    def __post_init__(self) -> None:
-        check_choice("log.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
 
 
 @dataclass

@@ -10,6 +10,7 @@ list of every skipped record for the run report.
 
 from __future__ import annotations
 
+import abc
 import io
 import os
 import struct
@@ -21,8 +22,28 @@ from PIL import Image, ImageOps
 
 from rablip.errors import DataError
 
-ImageRef = str | os.PathLike | bytes
 BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+class StoredImage(abc.ABC):
+    """An image kept in a container file and read on demand (e.g. a line of WebQA's ``imgs.tsv``).
+
+    A knowledge-base store hands these out instead of copying the bytes of a large image file into
+    itself; :func:`load_image` reads :meth:`read_bytes` only when the image is decoded. Subclasses
+    raise DataError from :meth:`read_bytes` when the stored image cannot be read, so a read error
+    follows the same ``on_bad_image`` policy as a bad image file.
+    """
+
+    @abc.abstractmethod
+    def read_bytes(self) -> bytes:
+        """The encoded image (JPEG/PNG bytes as stored)."""
+
+    @abc.abstractmethod
+    def __str__(self) -> str:
+        """Where the image is kept, for messages (container file and the image's key in it)."""
+
+
+ImageRef = str | os.PathLike | bytes | StoredImage
 
 # What Pillow raises on corrupt data varies by format and by how far decoding got.
 _DECODE_ERRORS = (
@@ -74,6 +95,8 @@ def _open_source(ref: ImageRef, root: str | os.PathLike | None, record: str | No
     """What to hand to ``Image.open`` and how to name it in messages."""
     if isinstance(ref, bytes):
         return io.BytesIO(ref), _describe(ref)
+    if isinstance(ref, StoredImage):
+        return io.BytesIO(ref.read_bytes()), str(ref)
     if not isinstance(ref, (str, os.PathLike)):
         raise DataError(
             f"image reference{_record_suffix(record)} must be a path or bytes, got {type(ref).__name__}."
@@ -96,7 +119,7 @@ def _open_source(ref: ImageRef, root: str | os.PathLike | None, record: str | No
 def load_image(
     ref: ImageRef, root: str | os.PathLike | None = None, *, record: str | None = None
 ) -> Image.Image:
-    """Decode an image from a path or from encoded bytes, orientation fixed, as RGB.
+    """Decode an image from a path, encoded bytes or a :class:`StoredImage`, orientation fixed, as RGB.
 
     A string or path is opened as given when ``root`` is None; with a ``root`` it must be
     relative and stay inside the root (see :func:`resolve_under_root`). ``record`` is the id of the
@@ -114,6 +137,23 @@ def load_image(
         raise DataError(
             f"image {name}{_record_suffix(record)} cannot be decoded ({err}); it may be truncated or corrupt."
         ) from err
+
+
+def decoding_problem(data: bytes) -> str | None:
+    """Why the encoded image ``data`` cannot be decoded, or None when it can.
+
+    Decodes the whole stream (a truncated file fails) but, for JPEG, at 1/8 scale (``draft``): a
+    check of every image of a large collection costs a small part of a full decode.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.draft("RGB", (64, 64))
+            opened.load()
+    except Image.UnidentifiedImageError:
+        return "the payload is not an image Pillow can read"
+    except _DECODE_ERRORS as err:
+        return f"the image cannot be decoded ({err}); it may be truncated or corrupt"
+    return None
 
 
 @dataclass

@@ -5,6 +5,10 @@ A store directory holds ``items.arrow`` (one Arrow stream, one row per
 ``kb_manifest.json``, written last. :mod:`rablip.data.kb_writer` builds stores; this module holds
 their layout and :class:`KBStore`, which opens one. :meth:`KBStore.open` refuses any directory
 without a valid manifest, and maps files instead of reading them.
+
+A store built from WebQA refers to its images instead of holding them: the manifest's ``image_tsv``
+names ``imgs.tsv`` and ``imgs.lineidx`` (and the TSV's size then), ``image_path`` holds the image
+id, and items carry a :class:`~rablip.data.webqa.TSVImage` that reads the image when it is decoded.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import datasets
 from rablip.data.images import resolve_under_root
 from rablip.data.kb_index import ID_HASH_NAME, IdIndex
 from rablip.data.records import KBItem
+from rablip.data.webqa import LazyImageTSV, TSVImage
 from rablip.errors import DataError, RablipError
 
 SCHEMA_VERSION = 1
@@ -99,6 +104,9 @@ class KBStore:
         self._dataset = dataset
         self._index = index
         self._root = root
+        tsv = manifest.get("image_tsv")
+        self._image_tsv = (LazyImageTSV(tsv["tsv"], tsv["lineidx"], int(tsv["id_modulus"]), tsv.get("tsv_bytes"))
+                           if tsv else None)
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, root: str | os.PathLike | None = None) -> KBStore:
@@ -171,7 +179,7 @@ class KBStore:
         for row in self._index.candidate_rows(item_id):
             record = self._dataset[int(row)]
             if record["id"] == item_id:
-                return _item_from_record(record)
+                return self._item(record)
         raise self._not_found(item_id)
 
     def get_many(self, item_ids: Sequence[str]) -> list[KBItem]:
@@ -194,7 +202,7 @@ class KBStore:
                 if row is None:
                     raise self._not_found(item_id)
                 record = self._dataset[row]
-            items.append(_item_from_record(record))
+            items.append(self._item(record))
         return items
 
     def ids_at(self, rows: Sequence[int]) -> list[str]:
@@ -230,16 +238,33 @@ class KBStore:
             raise DataError(f"iter_batches: batch_size must be >= 1, got {batch_size}.")
         for batch in self._dataset.iter(batch_size=batch_size):
             count = len(batch["id"])
-            yield [_item_from_record({name: batch[name][i] for name in KB_FEATURES}) for i in range(count)]
+            yield [self._item({name: batch[name][i] for name in KB_FEATURES}) for i in range(count)]
+
+    def _item(self, record: dict[str, Any]) -> KBItem:
+        """The KBItem of one stored row (a WebQA store's image id becomes a :class:`TSVImage`)."""
+        if self._image_tsv is not None and record["image_path"] is not None:
+            try:
+                image_id = int(record["image_path"])
+            except ValueError:
+                raise DataError(f"knowledge-base store {self.directory}, item {record['id']!r}: image reference "
+                                f"{record['image_path']!r} is not an imgs.tsv image id; rebuild the store.") from None
+            record = {**record, "image_path": None, "image_bytes": TSVImage(self._image_tsv, image_id)}
+        return _item_from_record(record)
 
     def image_of(self, item: KBItem) -> Path | bytes | None:
         """The item's image: encoded bytes, or its path resolved under the root; None for text items.
 
-        A path that leaves the root (``..``, absolute, a symbolic link outside) is a DataError, and
-        so is an image URL (stored as given at build time; rablip never downloads).
+        A :class:`TSVImage` (WebQA store) is read now, its bytes returned. A path that leaves the root
+        (``..``, absolute, a symbolic link outside) is a DataError, and so is an image URL (stored
+        as given at build time; rablip never downloads).
         """
         if item.image is None or isinstance(item.image, bytes):
             return item.image
+        if isinstance(item.image, TSVImage):
+            try:
+                return item.image.read_bytes()
+            except DataError as err:
+                raise DataError(f"knowledge-base store {self.directory}, item {item.id!r}: {err}") from None
         if is_image_url(item.image):
             raise DataError(
                 f"item {item.id!r} of the knowledge-base store {self.directory} has the image URL {item.image!r}; "

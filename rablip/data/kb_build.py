@@ -7,6 +7,7 @@ streams its items into :func:`rablip.data.kb_writer.build_kb_store`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 from rablip.data.kb_sources import TsvColumns, iter_kb_jsonl, iter_kb_tsv
 from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
-from rablip.data.webqa import ImageTSV, load_webqa_kb
+from rablip.data.webqa import ImageTSV
+from rablip.data.webqa_kb import webqa_store_items
 from rablip.errors import ConfigError, DataError
 
 KB_FORMATS = ("jsonl", "wit_tsv", "webqa")
@@ -40,8 +42,18 @@ def _count_lines(path: Path) -> int:
     return count
 
 
-def _webqa_items(kb_cfg: Any, path: Path) -> Iterator[KBItem]:
-    """WebQA facts with their images read from imgs.tsv; the TSV is opened before the first item."""
+def _extra_paths(kb_cfg: Any) -> list[Path]:
+    """``data.kb.extra_paths``: further input files of the same format, each checked to exist."""
+    paths = [Path(value) for value in getattr(kb_cfg, "extra_paths", None) or []]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"data.kb.extra_paths: {path} is not a file.")
+    return paths
+
+
+def _webqa_items(kb_cfg: Any, paths: list[Path]) -> Iterator[KBItem]:
+    """Every fact of the WebQA files once, image facts checked against and referring to imgs.tsv
+    (:func:`rablip.data.webqa_kb.webqa_store_items`); the TSV is opened before the first item."""
     if not kb_cfg.webqa_images_tsv:
         raise ConfigError(
             "data.kb.webqa_images_tsv is empty; WebQA image facts need imgs.tsv (with imgs.lineidx beside it) "
@@ -50,9 +62,11 @@ def _webqa_items(kb_cfg: Any, path: Path) -> Iterator[KBItem]:
     tsv_path = Path(kb_cfg.webqa_images_tsv)
     images = ImageTSV(tsv_path, tsv_path.with_suffix(".lineidx"))
 
+    on_missing = getattr(kb_cfg, "on_missing", "error")
+
     def items() -> Iterator[KBItem]:
         with images:
-            yield from load_webqa_kb(path, images=images, source="webqa")
+            yield from webqa_store_items(paths, images, on_missing=on_missing, source="webqa")
 
     return items()
 
@@ -62,9 +76,11 @@ def kb_items_from_config(kb_cfg: Any) -> tuple[Iterator[KBItem], int | None]:
     if kb_cfg.format not in KB_FORMATS:
         raise ConfigError(f"data.kb.format: {kb_cfg.format!r} is not one of {', '.join(KB_FORMATS)}.")
     path = _required_path(kb_cfg, "path", must_exist=True)
+    paths = [path, *_extra_paths(kb_cfg)]
     kb_root = kb_cfg.root or None
     if kb_cfg.format == "jsonl":
-        return iter_kb_jsonl(path, kb_root=kb_root), _count_lines(path)
+        items = itertools.chain.from_iterable(iter_kb_jsonl(each, kb_root=kb_root) for each in paths)
+        return items, sum(_count_lines(each) for each in paths)
     if kb_cfg.format == "wit_tsv":
         columns = TsvColumns(
             id=kb_cfg.wit_id_column or None,
@@ -72,14 +88,18 @@ def kb_items_from_config(kb_cfg: Any) -> tuple[Iterator[KBItem], int | None]:
             text=kb_cfg.wit_text_column or None,
             image=kb_cfg.wit_image_column or None,
         )
-        total = None if path.suffix == ".gz" else max(_count_lines(path) - 1, 0)
-        return iter_kb_tsv(path, columns, has_header=kb_cfg.wit_has_header, kb_root=kb_root), total
-    return _webqa_items(kb_cfg, path), None
+        gzipped = any(each.suffix == ".gz" for each in paths)
+        total = None if gzipped else sum(max(_count_lines(each) - 1, 0) for each in paths)
+        items = itertools.chain.from_iterable(
+            iter_kb_tsv(each, columns, has_header=kb_cfg.wit_has_header, kb_root=kb_root) for each in paths)
+        return items, total
+    return _webqa_items(kb_cfg, paths), None
 
 
 def build_kb_from_config(kb_cfg: Any, *, show_progress: bool = True) -> Path:
     """Build the store of ``kb_cfg`` (``format``, ``path``, ``root``, ``store_dir``, ``wit_*``,
-    ``webqa_images_tsv``; ``overwrite`` when the object has it) and return the store directory."""
+    ``webqa_images_tsv``; ``overwrite``, ``extra_paths`` and ``on_missing`` when the object has them)
+    and return the store directory."""
     store_dir = _required_path(kb_cfg, "store_dir", must_exist=False)
     items, total = kb_items_from_config(kb_cfg)
     return build_kb_store(

@@ -35,6 +35,7 @@ from rablip.data.kb import (
 )
 from rablip.data.kb_index import HASHES_FILE, ID_HASH_NAME, ROWS_FILE, IdIndex
 from rablip.data.records import KBItem
+from rablip.data.webqa import LazyImageTSV, TSVImage
 from rablip.errors import DataError
 from rablip.utils.artefacts import build_beside
 
@@ -67,14 +68,49 @@ def _check_image_path(item_id: str, image_path: str, position: int, root: Path |
         raise DataError(f"{where}: item {item_id!r} (#{position}): {err}") from None
 
 
-def _item_row(item: Any, position: int, root: Path | None, where: str) -> dict[str, Any]:
-    """One Arrow row of a KBItem, its image path checked against the root."""
+class _ImageFile:
+    """The one image container file (WebQA's imgs.tsv) a store's items refer to, if any.
+
+    Its items keep only the image id in ``image_path``; the manifest's ``image_tsv`` entry says where
+    the ids are read (:class:`rablip.data.kb.KBStore`). A store refers to one such file and holds
+    no image paths besides, so that every ``image_path`` means one thing.
+    """
+
+    def __init__(self) -> None:
+        self.tsv: LazyImageTSV | None = None
+        self.paths = 0
+
+    def note(self, item_id: str, image: Any, where: str) -> None:
+        if isinstance(image, TSVImage):
+            if self.tsv is None:
+                self.tsv = image.images
+            elif image.images.tsv_path != self.tsv.tsv_path:
+                raise DataError(f"{where}: item {item_id!r} refers to images in {image.images.tsv_path}, others to "
+                                f"{self.tsv.tsv_path}; a store refers to one image file.")
+        elif isinstance(image, str):
+            self.paths += 1
+        if self.tsv is not None and self.paths:
+            raise DataError(f"{where}: item {item_id!r}: the items mix image paths and images of "
+                            f"{self.tsv.tsv_path}; a store holds one kind of image reference.")
+
+    def manifest_entry(self) -> dict[str, Any] | None:
+        if self.tsv is None:
+            return None
+        return {"tsv": str(self.tsv.tsv_path.resolve()), "lineidx": str(self.tsv.lineidx_path.resolve()),
+                "tsv_bytes": self.tsv.expected_size, "id_modulus": self.tsv.id_modulus}
+
+
+def _item_row(item: Any, position: int, root: Path | None, where: str, image_file: _ImageFile) -> dict[str, Any]:
+    """One Arrow row of a KBItem, its image path checked against the root (a TSV image: its id)."""
     if not isinstance(item, KBItem):
         raise DataError(f"{where}: item #{position} is a {type(item).__name__}, not a KBItem.")
     image_path: str | None = None
     image_bytes: bytes | None = None
+    image_file.note(item.id, item.image, where)
     if isinstance(item.image, bytes):
         image_bytes = item.image
+    elif isinstance(item.image, TSVImage):
+        image_path = str(item.image.image_id)
     elif item.image is not None:
         image_path = os.fspath(item.image)
         # URLs (WIT lists them) are kept as given; image_of refuses them, rablip does not download.
@@ -92,7 +128,8 @@ def _item_row(item: Any, position: int, root: Path | None, where: str) -> dict[s
 
 
 def _write_rows(
-    items: Iterable[KBItem], arrow_path: Path, root: Path | None, where: str, total: int | None, show_progress: bool
+    items: Iterable[KBItem], arrow_path: Path, root: Path | None, where: str, total: int | None, show_progress: bool,
+    image_file: _ImageFile,
 ) -> datasets.Dataset:
     """Write items as Arrow record batches to ``arrow_path`` and memory-map them as a Dataset.
 
@@ -109,7 +146,7 @@ def _write_rows(
         tqdm(total=total, disable=not show_progress, unit=" items", desc="kb store") as bar,
     ):
         for position, item in enumerate(items):
-            row = _item_row(item, position, root, where)
+            row = _item_row(item, position, root, where, image_file)
             for name, value in row.items():
                 columns[name].append(value)
             batch_bytes += len(item.text) + len(row["image_bytes"] or b"")
@@ -142,7 +179,8 @@ def _prepare_target(out_dir: Path, overwrite: bool) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _manifest(count: int, started: float, source_name: str, root: Path | None) -> dict[str, Any]:
+def _manifest(count: int, started: float, source_name: str, root: Path | None,
+              image_tsv: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "format": STORE_FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -154,6 +192,7 @@ def _manifest(count: int, started: float, source_name: str, root: Path | None) -
         "id_index": {"hash": ID_HASH_NAME, "hashes_file": HASHES_FILE, "rows_file": ROWS_FILE},
         "data_file": DATA_FILE,
         "columns": list(KB_FEATURES),
+        "image_tsv": image_tsv,
     }
 
 
@@ -170,7 +209,9 @@ def build_kb_store(
     """Stream ``items`` into a new store at ``out_dir`` and return its path.
 
     ``kb_root`` is the directory that relative image paths are under; a path that leaves it is a
-    DataError naming the item, as are duplicate ids and non-KBItem values. ``total`` (the item
+    DataError naming the item, as are duplicate ids and non-KBItem values. Items whose image is a
+    :class:`~rablip.data.webqa.TSVImage` are stored by image id, not copied; the manifest's
+    ``image_tsv`` says which TSV (and its size) the ids are read from. ``total`` (the item
     count, when known) sizes the progress bar. ``source_name`` is recorded in the manifest and
     names the input in error messages. The store is built in a work directory beside ``out_dir`` and
     renamed into place once its manifest is written, so a failed build leaves ``out_dir`` as it was. An existing
@@ -183,7 +224,8 @@ def build_kb_store(
     where = f"knowledge base {source_name!r}" if source_name else "knowledge base"
     _prepare_target(out_dir, overwrite)
     with build_beside(out_dir, MANIFEST_NAME) as build, _datasets_progress_bars_off():
-        dataset = _write_rows(items, build.path / DATA_FILE, root, where, total, show_progress)
+        image_file = _ImageFile()
+        dataset = _write_rows(items, build.path / DATA_FILE, root, where, total, show_progress, image_file)
         if len(dataset) == 0:
             raise DataError(f"{where}: no items to store; check the input file and its format.")
         # The Arrow file written above is the store's data file as it is: its record batches hold up
@@ -197,5 +239,5 @@ def build_kb_store(
             where,
         )
         index.save(build.path)
-        build.commit(_manifest(len(dataset), started, source_name, root))
+        build.commit(_manifest(len(dataset), started, source_name, root, image_file.manifest_entry()))
     return out_dir

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rablip.data.images import StoredImage
 
 MODALITIES = ("image", "text", "image+text")
 
@@ -36,8 +39,9 @@ class KBItem:
     id: str
     modality: str
     """One of ``image``, ``text``, ``image+text``."""
-    image: str | bytes | None = None
-    """Relative path under the KB root, or encoded image bytes; None for text items."""
+    image: str | bytes | StoredImage | None = None
+    """Relative path under the KB root, encoded image bytes, or an image read on demand (WebQA's
+    imgs.tsv: :class:`rablip.data.webqa.TSVImage`); None for text items."""
     text: str = ""
     title: str = ""
     """Title or entity name."""

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from rablip.data.images import StoredImage
 from rablip.data.records import KBItem
 from rablip.errors import DataError
 from rablip.utils.io import check_type, read_json, require_keys
@@ -171,6 +172,62 @@ class ImageTSV:
         self.close()
 
 
+class LazyImageTSV:
+    """An :class:`ImageTSV` opened on first use, so that a store whose items only refer to its images
+    costs nothing until an image is read. ``expected_size`` (bytes of the TSV when the store was
+    built) is checked on opening: a changed TSV would hand out other images under the same ids."""
+
+    def __init__(self, tsv_path: str | os.PathLike, lineidx_path: str | os.PathLike,
+                 id_modulus: int = WEBQA_ID_MODULUS, expected_size: int | None = None,
+                 opened: ImageTSV | None = None) -> None:
+        self.tsv_path = Path(tsv_path)
+        self.lineidx_path = Path(lineidx_path)
+        self.id_modulus = id_modulus
+        self.expected_size = expected_size
+        self._opened = opened
+
+    def get(self) -> ImageTSV:
+        """The opened ImageTSV (DataError when the files are gone or the TSV changed size)."""
+        if self._opened is None:
+            images = ImageTSV(self.tsv_path, self.lineidx_path, self.id_modulus)
+            if self.expected_size is not None and images.tsv_size != self.expected_size:
+                raise DataError(
+                    f"{self.tsv_path} holds {images.tsv_size} bytes but held {self.expected_size} when the "
+                    "knowledge-base store was built from it; rebuild the store (scripts/build_kb.py)."
+                )
+            self._opened = images
+        return self._opened
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_opened"] = None  # each process opens its own (and reads the lineidx again)
+        return state
+
+
+class TSVImage(StoredImage):
+    """Image ``image_id`` of WebQA's ``imgs.tsv``, read when it is decoded (see :class:`StoredImage`)."""
+
+    def __init__(self, images: LazyImageTSV, image_id: int) -> None:
+        self.images = images
+        self.image_id = image_id
+
+    def read_bytes(self) -> bytes:
+        return self.images.get().get(self.image_id)
+
+    def __str__(self) -> str:
+        return f"{self.images.tsv_path} image id {self.image_id}"
+
+    def __repr__(self) -> str:
+        return f"TSVImage({str(self.images.tsv_path)!r}, {self.image_id})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, TSVImage) and other.image_id == self.image_id
+                and other.images.tsv_path == self.images.tsv_path)
+
+    def __hash__(self) -> int:
+        return hash((str(self.images.tsv_path), self.image_id))
+
+
 def _as_image_id(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise DataError(f"{where}: image id must be an integer, got {value!r}.")
@@ -229,6 +286,20 @@ def _kb_item(fact: dict[str, Any], images: ImageTSV | None, source: str) -> KBIt
     )
 
 
+def iter_facts(json_path: str | os.PathLike, split: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(guid, fact)`` for every fact list entry of the file's records (of ``split`` when given), in
+    file order: positive, negative and unlabelled lists, text before image; repeats included."""
+    json_path = Path(json_path)
+    for guid, record in read_records(json_path).items():
+        where = f"WebQA file {json_path}, record {guid!r}"
+        require_keys(record, {}, where)
+        if not in_split(record, split, where):
+            continue
+        for key in (*LABELLED_FACT_LISTS, *UNLABELLED_FACT_LISTS):
+            for fact in fact_list(record, key, where):
+                yield guid, fact
+
+
 def load_webqa_kb(
     json_path: str | os.PathLike,
     images: ImageTSV | None = None,
@@ -240,17 +311,11 @@ def load_webqa_kb(
     Text facts become ``text`` items (text = fact, title = title). Image facts become
     ``image+text`` items (text = caption); their image is the encoded bytes from ``images`` when
     given, else the image id as a string, to be resolved through an :class:`ImageTSV` later.
+    (The store builder, :mod:`rablip.data.webqa_kb`, refers to the images instead of copying them.)
     """
-    json_path = Path(json_path)
     seen: set[str] = set()
-    for guid, record in read_records(json_path).items():
-        where = f"WebQA file {json_path}, record {guid!r}"
-        require_keys(record, {}, where)
-        if not in_split(record, split, where):
-            continue
-        for key in (*LABELLED_FACT_LISTS, *UNLABELLED_FACT_LISTS):
-            for fact in fact_list(record, key, where):
-                item_id = fact_id(fact)
-                if item_id not in seen:
-                    seen.add(item_id)
-                    yield _kb_item(fact, images, source)
+    for _, fact in iter_facts(json_path, split):
+        item_id = fact_id(fact)
+        if item_id not in seen:
+            seen.add(item_id)
+            yield _kb_item(fact, images, source)

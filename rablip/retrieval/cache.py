@@ -6,7 +6,9 @@ questions of a split. :func:`retrieve_split_cached` keeps its results in
 :mod:`rablip.retrieval.static`) with ``retrieval_<split>.meta.json`` beside it, removed before the
 results are rewritten and written after them (:func:`rablip.utils.artefacts.rewrite_in_place`). The meta file holds a key over everything the results depend on: the sha256 of the index
 layout (which holds the sha256 of every group index manifest, and so the encoder fingerprint and
-the index files), the retrieval settings, and the split's questions. A cache whose key differs is
+the index files), the retrieval settings (scope included; with ``retrieval.scope=candidates``, the
+sha256 of every question's listed sources; with ``retrieval.rerank_model``, the sha256 of the trained
+re-ranker head beside the encoder), and the split's questions. A cache whose key differs is
 recomputed, never reused.
 
 The cache keeps the top ``max(2 * retrieval.k, 10)`` items per question, not only ``k``: hard
@@ -26,8 +28,11 @@ from pathlib import Path
 from rablip.config.schema import Config
 from rablip.data.images import ImageLoader
 from rablip.data.records import QAExample
+from rablip.models.rerank import HEAD_FILE
+from rablip.retrieval.candidates import check_scope, listed_sources, retrieve_candidates
 from rablip.retrieval.components import encoder_fingerprint
 from rablip.retrieval.groups import layout_checksum
+from rablip.retrieval.index_manifest import sha256_of_file
 from rablip.retrieval.retriever import Retriever
 from rablip.retrieval.static import Retrieved, read_retrieval, write_retrieval
 from rablip.utils.artefacts import rewrite_in_place
@@ -71,11 +76,15 @@ def retrieve_examples(retriever: Retriever, examples: Sequence[QAExample], k: in
 
 def retrieve_split(cfg: Config, examples: Sequence[QAExample], retriever: Retriever | None = None,
                    ) -> dict[str, Retrieved]:
-    """Retrieve for every one of ``examples`` with the configured retriever."""
+    """Retrieve for every one of ``examples`` with the configured retriever, over the whole knowledge base
+    or (``retrieval.scope=candidates``) among each question's listed sources."""
+    check_scope(cfg)
     retriever = retriever or Retriever.from_config(cfg)
     loader = ImageLoader(None, cfg.data.on_bad_image)
-    return retrieve_examples(retriever, examples, cache_depth(cfg), loader,
-                             batch_size=cfg.retrieval.encode_batch_size or cfg.eval.batch_size)
+    batch_size = cfg.retrieval.encode_batch_size or cfg.eval.batch_size
+    if cfg.retrieval.scope == "candidates":
+        return retrieve_candidates(retriever, examples, cache_depth(cfg), loader, batch_size=batch_size)
+    return retrieve_examples(retriever, examples, cache_depth(cfg), loader, batch_size=batch_size)
 
 
 def _examples_digest(examples: Sequence[QAExample]) -> str:
@@ -95,7 +104,13 @@ def cache_key(cfg: Config, split: str, examples: Sequence[QAExample]) -> str:
                 "mode": r.mode, "depth": cache_depth(cfg), "rerank_model": r.rerank_model,
                 "rerank_exact": r.rerank_exact, "rerank_factor": r.rerank_factor, "nprobe": r.nprobe,
                 "expansion_entities": r.expansion_entities, "instruct_queries": r.instruct_queries,
-                "split": split, "questions_sha256": _examples_digest(examples)}
+                "split": split, "questions_sha256": _examples_digest(examples), "scope": r.scope}
+    if r.scope == "candidates":  # the listed sources decide what can be found
+        sources = json.dumps([listed_sources(ex) for ex in examples]).encode()
+        settings["sources_sha256"] = hashlib.sha256(sources).hexdigest()
+    if r.rerank_model:  # the re-ranker's head orders the results: a retrained one invalidates them
+        head = Path(cfg.model.fusion.checkpoint) / HEAD_FILE
+        settings["rerank_head_sha256"] = sha256_of_file(head) if head.is_file() else None
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -120,6 +135,7 @@ def retrieve_split_cached(cfg: Config, split: str, examples: Sequence[QAExample]
                           ) -> dict[str, Retrieved]:
     """The retrieval results of ``examples`` (the questions of ``data.<split>``) from the run-dir cache,
     computed (and cached) when stale or absent."""
+    check_scope(cfg)
     key = cache_key(cfg, split, examples)
     cached = read_cache(run_dir, split, key)
     if cached is not None:

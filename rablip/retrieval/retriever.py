@@ -18,7 +18,10 @@ the ``image`` or ``text`` group never holds an item of the other modality.
 Re-ranking: ``rerank_exact`` makes the index re-score ``k * rerank_factor`` candidates with the
 exact embeddings. With a ``reranker`` (``retrieval.rerank_model``) the top ``k * rerank_factor``
 candidates are re-scored by the fusion re-ranker on the joint (query, item) sequence, and the best
-``k`` kept; their score is then the re-ranker's match log-odds instead of the inner product.
+``k`` kept; their score is then the re-ranker's match log-odds instead of the inner product. The
+re-ranker scores with the head trained by ``run_pretrain.py train.stage=rerank`` when the encoder
+directory holds one (:data:`rablip.models.rerank.HEAD_FILE`), with the ITM head otherwise.
+:meth:`Retriever.pair_features` gives the fused features it scores (the re-ranker stage trains on them).
 """
 
 from __future__ import annotations
@@ -106,13 +109,16 @@ class Retriever:
         r = cfg.retrieval
         device = device or process_device()
         encoder = load_encoder(cfg, device)
-        indexes = GroupIndexes.load(r.index_dir, expected_fingerprint=encoder_fingerprint(cfg.model.fusion.checkpoint),
-                                    allow_foreign=r.allow_foreign_index)
+        fingerprint = encoder_fingerprint(cfg.model.fusion.checkpoint)
+        indexes = GroupIndexes.load(r.index_dir, expected_fingerprint=fingerprint, allow_foreign=r.allow_foreign_index)
+        reranker = None
+        if r.rerank_model:
+            reranker = FusionReranker.from_pretrained(encoder, cfg.model.fusion.checkpoint, fingerprint).to(device)
         kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
         return cls(encoder, retrieval_batcher(cfg), indexes, r.mode, kb=kb,
                    load_item_image=ImageLoader(None, cfg.data.on_bad_image).load,
                    expansion_entities=r.expansion_entities,
-                   reranker=FusionReranker(encoder) if r.rerank_model else None, rerank_exact=r.rerank_exact,
+                   reranker=reranker, rerank_exact=r.rerank_exact,
                    rerank_factor=r.rerank_factor, nprobe=r.nprobe,
                    batch_size=cfg.retrieval.encode_batch_size or cfg.eval.batch_size, bf16=use_bf16(cfg, device))
 
@@ -196,11 +202,17 @@ class Retriever:
                                           hits[start:start + chunk], k))
         return out
 
-    def _rerank_chunk(self, images, texts, hits: Hits, k: int) -> Hits:
-        owners = [query for query, row in enumerate(hits) for _ in row]
+    @torch.no_grad()
+    def pair_features(self, images: Sequence[Image.Image | None], texts: Sequence[str],
+                      candidates: Sequence[Sequence[str]]) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        """The fusion encoder's fused [CLS] features of query i, ``(images[i], texts[i])``, with each item
+        of ``candidates[i]``: ``(features (N, H) on this device, rows)``, ``rows[n]`` being (query
+        position, item id) of feature row n, in the given order. An item whose image fails to load (the
+        ``skip`` policy) has no row. Queries are encoded once, each distinct item image once."""
+        owners = [query for query, row in enumerate(candidates) for _ in row]
         if not owners:
-            return [[] for _ in hits]
-        items = self.kb.get_many([item_id for row in hits for item_id, _ in row])
+            return torch.zeros(0, self.encoder.fusion.hidden_size, device=self.device), []
+        items = self.kb.get_many([item_id for row in candidates for item_id in row])
         refs = [self.kb.image_of(item) if item.modality != "text" else None for item in items]
         shared = shared_image_batch(self.batcher, items, refs, self.load_item_image)
         with self._autocast():
@@ -208,8 +220,13 @@ class Retriever:
             item_seq = item_sequence_shared(self.encoder, shared, self.device)
             pair_owner = torch.tensor([owners[i] for i in shared.kept], dtype=torch.long, device=self.device)
             fused = self.encoder.fusion(TokenSequence.concat([query_seq.select(pair_owner), item_seq]))
+        return fused, [(owners[i], items[i].id) for i in shared.kept]
+
+    def _rerank_chunk(self, images, texts, hits: Hits, k: int) -> Hits:
+        fused, rows = self.pair_features(images, texts, [[item_id for item_id, _ in row] for row in hits])
+        with self._autocast():
             scores = self.reranker.classify(fused).float().cpu().tolist()
         rescored: Hits = [[] for _ in hits]
-        for position, score in zip(shared.kept, scores, strict=True):
-            rescored[owners[position]].append((items[position].id, float(score)))
+        for (query, item_id), score in zip(rows, scores, strict=True):
+            rescored[query].append((item_id, float(score)))
         return [sorted(row, key=lambda hit: -hit[1])[:k] for row in rescored]

@@ -253,7 +253,10 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
                     benchmark.score(other_path, split_cfg, lemmatize=cfg.eval.lemmatize))
             metrics["accuracy_vs_k"] = dict(sorted(metrics["accuracy_vs_k"].items(), key=lambda kv: int(kv[0])))
     else:
-        log.warning("data.%s has no labels (answers/annotations): predictions written, not scored", cfg.eval.split)
+        # A test split (WebQA_test.json, A-OKVQA test, ...) publishes no answers: its predictions file is the
+        # submission to the benchmark's leaderboard, in the official format, and nothing is scored here.
+        log.info("data.%s has no labels (answers/annotations): scoring skipped; %s is the submission file in "
+                 "%s's official format", cfg.eval.split, path, dataset)
     metrics["recipe"] = {
         "config": to_dict(cfg),
         "checkpoint": checkpoint_fingerprint(cfg.eval.checkpoint or cfg.model.checkpoint),

@@ -16,6 +16,7 @@ Training pairs (query, item):
   ``share`` of all pairs, a new record for each extra pair of each epoch (the synthetic world's are
   renderings of invented creatures with their fact texts or captions, written by make_synthetic).
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
+``train.stage=rerank`` trains the re-ranker head on that encoder instead (:mod:`rablip.stages.rerank`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from rablip.evaluation.retrieval_metrics import retrieval_scores
 from rablip.models.factory import build_retrieval_encoder, load_generator
 from rablip.models.processor_files import copy_processor_files, processor_dir
 from rablip.models.retrieval_processing import RetrievalBatcher
+from rablip.retrieval.candidates import check_scope, listed_sources
 from rablip.retrieval.embed import embed_item_batches, embed_questions
+from rablip.stages.rerank import train_reranker
 from rablip.stages.runtime import interrupted, seed, start_run, write_final
 from rablip.training.objectives import RetrievalPretrainingLoss
 from rablip.training.trainer import TrainingInterrupted, train
@@ -53,11 +56,14 @@ GENERATOR_DIR = "generator"
 @dataclass
 class Pair:
     query_image: object
-    """Question image reference, or None when the query is the image of knowledge item ``record_id``."""
+    """Question image reference (None for a question without one, e.g. WebQA's), or None when the query
+    is the image of knowledge item ``record_id``."""
     question: str
     item_ids: list[str]
     """Candidate targets (one is drawn per epoch)."""
     record_id: str
+    from_question: bool = False
+    """A question pair (``record_id`` is the question's id); else a knowledge-item pair."""
 
 
 def item_key(item_id: str) -> int:
@@ -75,7 +81,16 @@ def build_pairs(examples: list[QAExample], kb: KBStore, item_pairs: str = "self"
             if item.modality == "image+text":
                 image_items.append((item.id, item.title))
     pairs = [Pair(None, "", by_title.get(title) or [item_id], item_id) for item_id, title in image_items]
-    pairs += [Pair(ex.image, ex.question, list(ex.relevant_ids), ex.id) for ex in examples if ex.relevant_ids]
+    unstored = 0
+    for ex in examples:
+        # A relevant item the store left out (WebQA's data.kb.on_missing=skip) cannot be a target.
+        stored = [item_id for item_id in ex.relevant_ids or [] if item_id in kb]
+        unstored += len(ex.relevant_ids or []) - len(stored)
+        if stored:
+            pairs.append(Pair(ex.image, ex.question, stored, ex.id, from_question=True))
+    if unstored:
+        log.warning("%d relevant item(s) of training questions are not in the knowledge-base store; "
+                    "they are not used as targets", unstored)
     return pairs
 
 
@@ -131,8 +146,9 @@ class PairDataset(Dataset):
         item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
         item_image = self.item_images.load(item.image, item.id) if item.modality != "text" else None
         question = pair.question
-        if pair.query_image is not None:
-            query_image = self.question_images.load(pair.query_image, pair.record_id)
+        if pair.from_question or pair.query_image is not None:
+            query_image = (self.question_images.load(pair.query_image, pair.record_id)
+                           if pair.query_image is not None else None)
         else:
             source = item if item.id == pair.record_id else self.kb[pair.record_id]
             query_image = item_image if source is item else self.item_images.load(source.image, source.id)
@@ -204,17 +220,35 @@ def make_loss(cfg: Config):
 
 
 def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore, limit: int = 512):
-    """Recall@1/5/10 and MRR of val questions against the whole knowledge base (gold labels)."""
+    """Recall@1/5/10 and MRR of val questions (gold labels) against the whole knowledge base, or with
+    ``retrieval.scope=candidates`` (WebQA) against each question's own listed sources: only those items
+    are embedded, not the whole corpus."""
     examples = [ex for ex in load_split(cfg.data, "val") if ex.relevant_ids][:limit]
     question_images = ImageLoader(None, cfg.data.on_bad_image)
     item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
+    check_scope(cfg)
+    listed = ([[item_id for item_id in listed_sources(ex) if item_id in kb] for ex in examples]
+              if cfg.retrieval.scope == "candidates" else None)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         encoder = model.encoder
-        ids, items = embed_item_batches(encoder, batcher, kb.iter_batches(cfg.eval.batch_size), item_images.load)
+        if listed is None:
+            batches = kb.iter_batches(cfg.eval.batch_size)
+        else:
+            pool = list(dict.fromkeys(item_id for own in listed for item_id in own))
+            if not pool:
+                return {}
+            batches = (kb.get_many(pool[start:start + cfg.eval.batch_size])
+                       for start in range(0, len(pool), cfg.eval.batch_size))
+        ids, items = embed_item_batches(encoder, batcher, batches, item_images.load)
         queries = embed_questions(encoder, batcher, examples, question_images.load, cfg.eval.batch_size)
-        order = np.argsort(-(queries @ items.T), axis=1)[:, :10]
-        ranked = [[ids[j] for j in row] for row in order]
+        similarity = queries @ items.T
+        if listed is None:
+            ranked = [[ids[j] for j in row] for row in np.argsort(-similarity, axis=1)[:, :10]]
+        else:
+            column = {item_id: j for j, item_id in enumerate(ids)}
+            ranked = [[own[j] for j in np.argsort(-row[[column[i] for i in own]], kind="stable")[:10]]
+                      for row, own in zip(similarity, listed, strict=True)]
         scores = retrieval_scores(ranked, [set(ex.relevant_ids) for ex in examples])
         return {k: v for k, v in scores.items() if k != "questions"}
     return evaluate
@@ -228,7 +262,10 @@ def export_generator(generator: torch.nn.Module, out: Path) -> None:
 
 
 def pretrain(cfg: Config) -> int:
-    """Pre-train the retrieval encoder on ``data.train`` and the knowledge base; it goes to ``<run>/final``."""
+    """Pre-train the retrieval encoder on ``data.train`` and the knowledge base; it goes to ``<run>/final``.
+    With ``train.stage=rerank``, train the re-ranker head on the pre-trained encoder instead."""
+    if cfg.train.stage == "rerank":
+        return train_reranker(cfg)
     # Run: accelerator and run directory; the base generator (main process first); seeds.
     accelerator, run_dir = start_run(cfg)
     with accelerator.main_process_first():

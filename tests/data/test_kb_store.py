@@ -17,7 +17,9 @@ from rablip.data.kb import MANIFEST_NAME, KBStore
 from rablip.data.kb_build import build_kb_from_config
 from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
+from rablip.data.webqa import TSVImage
 from rablip.errors import ConfigError, DataError
+from tests.data.image_fixtures import encoded_image
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\nnot-a-real-png-but-bytes"
 
@@ -243,13 +245,15 @@ def test_config_builder_on_wit_tsv_keeps_urls_but_image_of_refuses_them(tmp_path
         store.image_of(first)
 
 
-def test_config_builder_on_webqa_stores_image_bytes(tmp_path):
+def test_config_builder_on_webqa_refers_to_tsv_images(tmp_path):
+    """The store holds image ids, not the TSV's bytes; the image is read from imgs.tsv when asked for."""
+    real_png = encoded_image((8, 8), fmt="PNG")
     facts_image = {"image_id": 1, "title": "Bridge", "caption": "A red bridge.", "url": "u", "imgUrl": "i"}
     facts_text = {"snippet_id": "snip-1", "fact": "The bridge opened in 1937.", "title": "Bridge", "url": "u"}
     record = {"Q": '"When?"', "A": ['"1937"'], "Qcate": "number", "split": "val", "txt_posFacts": [facts_text],
               "img_posFacts": [facts_image], "txt_negFacts": [], "img_negFacts": []}
     (tmp_path / "WebQA_train_val.json").write_text(json.dumps({"guid-1": record}))
-    lines = [f"0\t{base64.b64encode(b'zero').decode()}\n", f"1\t{base64.b64encode(PNG_BYTES).decode()}\n"]
+    lines = [f"0\t{base64.b64encode(b'zero').decode()}\n", f"1\t{base64.b64encode(real_png).decode()}\n"]
     (tmp_path / "imgs.tsv").write_text("".join(lines))
     (tmp_path / "imgs.lineidx").write_text(f"0\n{len(lines[0])}\n")
     cfg = _kb_cfg(format="webqa", path=str(tmp_path / "WebQA_train_val.json"), store_dir=str(tmp_path / "store"),
@@ -257,7 +261,10 @@ def test_config_builder_on_webqa_stores_image_bytes(tmp_path):
     store = KBStore.open(build_kb_from_config(cfg, show_progress=False))
     assert len(store) == 2
     assert store["snip-1"].text == "The bridge opened in 1937."
-    assert store.image_of(store["1"]) == PNG_BYTES and store["1"].text == "A red bridge."
+    assert store.image_of(store["1"]) == real_png and store["1"].text == "A red bridge."
+    assert isinstance(store["1"].image, TSVImage) and store["1"].image.image_id == 1
+    assert store.manifest["image_tsv"]["tsv"] == str((tmp_path / "imgs.tsv").resolve())
+    assert store._dataset["image_bytes"] == [None, None] and store._dataset["image_path"] == [None, "1"]
     with pytest.raises(ConfigError, match="webqa_images_tsv"):
         build_kb_from_config(_kb_cfg(format="webqa", path=cfg.path, store_dir=str(tmp_path / "other")))
 

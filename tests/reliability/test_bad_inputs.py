@@ -28,6 +28,7 @@ from rablip.benchmarks.cli import score_main
 from rablip.retrieval import search
 from rablip.retrieval.index import build_index
 from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
+from rablip.synthetic.webqa_files import write_webqa
 from rablip.utils.cli import run_main
 from tests.benchmarks.test_webqa import _train_val, _write_tsv
 from tests.data.image_fixtures import noisy_jpeg
@@ -242,6 +243,32 @@ def webqa_lineidx_past_the_end(tmp: Path) -> list[str]:
     data = _write(tmp / "WebQA_train_val.json", json.dumps(_train_val()))
     return ["--config", BASE_CONFIG, "data.kb.format=webqa", f"data.kb.path={data}",
             f"data.kb.webqa_images_tsv={tsv}", f"data.kb.store_dir={tmp / 'store'}"]
+
+
+def _webqa_args(tmp: Path, **broken: int) -> list[str]:
+    """build_kb on a generated WebQA (tests/webqa_data.py) with ``broken`` unusable image facts."""
+    files = write_webqa(tmp, n_questions=4, n_test=1, **broken)
+    return ["--config", BASE_CONFIG, "data.dataset=webqa", "data.kb.format=webqa", f"data.kb.path={files.train_val}",
+            f"data.kb.extra_paths=[{files.test}]", f"data.kb.webqa_images_tsv={files.tsv}",
+            f"data.kb.store_dir={tmp / 'store'}"]
+
+
+def webqa_image_id_missing(tmp: Path) -> list[str]:
+    return _webqa_args(tmp, missing=1)
+
+
+def webqa_image_line_truncated(tmp: Path) -> list[str]:
+    return _webqa_args(tmp, truncated=1)
+
+
+def webqa_image_payload_not_an_image(tmp: Path) -> list[str]:
+    return _webqa_args(tmp, not_image=1)
+
+
+def eval_candidates_scope_without_listed_sources(tmp: Path, world: FinetuneWorld) -> list[str]:
+    """retrieval.scope=candidates on OK-VQA, whose questions list no sources of their own."""
+    return _eval_args(tmp, world, "retrieval.source=index", "retrieval.scope=candidates",
+                      f"retrieval.index_dir={tmp / 'index'}")
 
 
 # --- prediction files (rablip-score) ------------------------------------------------------------
@@ -462,6 +489,13 @@ CASES = [
     BadInput("KB absolute image path", "build_kb", kb_image_absolute, ("{tmp}/kb.jsonl", "line 1", "absolute")),
     BadInput("WebQA lineidx past the end", "build_kb", webqa_lineidx_past_the_end,
              ("{tmp}/imgs.lineidx", "past the end", "{tmp}/imgs.tsv")),
+    BadInput("WebQA image id missing from imgs.lineidx", "build_kb", webqa_image_id_missing,
+             ("1 of 12 WebQA image facts", "{tmp}/imgs.tsv", "record 'd00q0000', image fact 30001000",
+              "lists only", "data.kb.on_missing=skip")),
+    BadInput("WebQA image line truncated", "build_kb", webqa_image_line_truncated,
+             ("1 of 12 WebQA image facts", "record 'd00q0000', image fact 30000010", "truncated")),
+    BadInput("WebQA image payload not an image", "build_kb", webqa_image_payload_not_an_image,
+             ("1 of 12 WebQA image facts", "record 'd00q0000', image fact 30000010", "not an image")),
     # prediction files
     BadInput("predictions with an unknown id", "score", predictions_unknown_id,
              ("{tmp}/predictions.json", "99", "not in the reference data")),
@@ -496,6 +530,9 @@ CASES = [
              ("{tmp}/nope.jsonl", "not found"), EVAL_RUN_DIR_FILES, needs_world=True),
     BadInput("eval: retrieval_only with gold references", "eval", eval_retrieval_only_with_gold,
              ("eval.retrieval_only", "retrieval.source", "'gold'"), needs_world=True),
+    BadInput("eval: retrieval.scope=candidates on a dataset without listed sources", "eval",
+             eval_candidates_scope_without_listed_sources, ("retrieval.scope=candidates", "data.dataset=okvqa",
+                                                            "retrieval.scope=global"), EVAL_RUN_DIR_FILES, needs_world=True),
     BadInput("eval: question image missing", "eval", eval_image_missing,
              ("{tmp}/images/test2014/COCO_test2014_", "does not exist"), EVAL_RUN_DIR_FILES, needs_world=True),
     # indexes
