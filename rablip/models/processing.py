@@ -33,7 +33,8 @@ so it is cut first).
 (:func:`rablip.models.prompts.release_prompt`) is every slot's Q-Former instruction and the LLM
 prompt after all the image tokens; both tokenizations are cut on the LEFT (specials kept), the
 Q-Former's to ``qformer_max_length`` tokens and the LLM's to ``max_input_length`` text tokens, so the
-question at the end survives. ASKG selection samples keep the ``rablip`` layout.
+question at the end survives. ASKG selection samples get the release's selection text, target and
+Q-Former instruction (:mod:`rablip.models.prompt_packing`).
 """
 
 from __future__ import annotations

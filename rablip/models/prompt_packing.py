@@ -22,7 +22,11 @@ specials]``, every image block first (as the release prepends the query outputs 
 the same text is every slot's Q-Former instruction. The text is truncated on the LEFT so that prefix
 + text + suffix <= ``max_input_length`` (the release's ``max_txt_len``; image tokens come on top), so
 the question at its end is kept. The target is the answer as the release's caption processor writes
-it (:func:`rablip.models.prompts.release_field`). Selection samples keep the ``rablip`` layout.
+it (:func:`rablip.models.prompts.release_field`). Selection samples of the ``release`` template are
+the release's too: the same row layout and left truncation, the text of
+:func:`rablip.models.prompts.release_select_prompt` (references numbered by their item ids), the target
+of :func:`rablip.models.prompts.release_select_target`, every slot's Q-Former instruction
+:func:`rablip.models.prompts.release_select_instruction` with the first image reference's caption.
 """
 
 from __future__ import annotations
@@ -181,11 +185,16 @@ class PromptPacker:
     def _tokens(self, text: str) -> list[int]:
         return self.llm_tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    @staticmethod
-    def training_target(sample: Sample) -> str | None:
-        """The text a sample trains on: its answer, or for a selection sample ``Reference N`` naming
-        its relevant reference; None when an answering sample has none."""
-        return prompts.select_target(sample.relevant) if sample.kind == "select" else sample.target
+    def training_target(self, sample: Sample) -> str | None:
+        """The text a sample trains on: its answer, or for a selection sample the target naming its
+        relevant reference (``Reference N``; the ``release`` template: ``... Reference [<item id>]``);
+        None when an answering sample has none."""
+        if sample.kind != "select":
+            return sample.target
+        if self.prompt_template == "release":
+            relevant = sample.references[sample.relevant - 1]
+            return prompts.release_select_target(self._clean(relevant.item.id), not relevant.has_image)
+        return prompts.select_target(sample.relevant)
 
     def _references(self, sample: Sample) -> list[Reference]:
         references = sample.references
@@ -258,8 +267,9 @@ class PromptPacker:
     def pack(self, sample: Sample, target: str | None) -> PackedRow:
         """One row: ``[question image] [prefix] ([ref image] ref line sep)* prompt [suffix]``, plus
         ``target`` (labels; None: no labels)."""
-        if self.prompt_template == "release" and sample.kind != "select":
-            return self._pack_release(sample, target)
+        if self.prompt_template == "release":
+            return self._pack_release_selection(sample, target) if sample.kind == "select" else (
+                self._pack_release(sample, target))
         references = self._references(sample)
         question = self._clean(sample.question)
         lines, floors, blocks, instructions = self._reference_parts(sample, references, question)
@@ -311,21 +321,41 @@ class PromptPacker:
         """One answering row of the ``release`` template (module docstring)."""
         references = self._references(sample)
         text = self.release_text(sample, references)
+        if target is not None:
+            # The release trains on the processed answer; a decoder-only row adds its own separator.
+            target = prompts.release_field(target)
+            target = target if self.is_encoder_decoder else target.lstrip(" ")
+        return self._release_row(sample, references, text, target, [text] * (1 + len(references)))
+
+    def _pack_release_selection(self, sample: Sample, target: str | None) -> PackedRow:
+        """One ASKG selection row of the ``release`` template (module docstring); ``target`` is
+        :meth:`training_target`'s, used as given (the release does not process it)."""
+        references = self._references(sample)
+        question = self._clean(sample.question)
+        lines = [
+            prompts.release_select_reference(self._clean(r.item.id), r.has_image, self._clean(r.item.title),
+                                             self._clean(r.item.text))
+            for r in references
+        ]
+        text = prompts.release_select_prompt(question, lines)
+        images = [r for r in references if r.has_image]
+        caption = self._clean(images[0].item.text or images[0].item.title) if images else ""
+        instruction = prompts.release_select_instruction(question, caption)
+        return self._release_row(sample, references, text, target, [instruction] * (1 + len(references)))
+
+    def _release_row(self, sample: Sample, references: list[Reference], text: str, target: str | None,
+                     instructions: list[str]) -> PackedRow:
+        """A ``release`` row: every image block, then ``text`` cut on the left to fit, then ``target``."""
         text_ids = self._tokens(text)
         budget = self.max_input_length - len(self.prefix_ids) - len(self.suffix_ids)
         if len(text_ids) > budget:
             self._warn_once(
                 "truncate",
                 f"sample {sample.example_id!r}: the prompt was cut on the left to fit max_input_length="
-                f"{self.max_input_length} (the question at its end is kept; later rows likewise).",
+                f"{self.max_input_length} (its end is kept; later rows likewise).",
             )
             text_ids = text_ids[len(text_ids) - budget :] if budget > 0 else []
         slots = int(sample.image is not None) + sum(r.has_image for r in references)
         input_ids = self.image_tokens(slots) + self.prefix_ids + text_ids + self.suffix_ids
-        target_ids = None
-        if target is not None:
-            # The release trains on the processed answer; a decoder-only row adds its own separator.
-            answer = prompts.release_field(target)
-            answer = answer if self.is_encoder_decoder else answer.lstrip(" ")
-            target_ids = self._target_ids(text, self._tokens(text), answer)
-        return self._row(sample, references, input_ids, target_ids, [text] * (1 + len(references)))
+        target_ids = self._target_ids(text, self._tokens(text), target) if target is not None else None
+        return self._row(sample, references, input_ids, target_ids, instructions)

@@ -10,7 +10,8 @@ fusion encoder's item texts use :func:`item_caption` too). No tokenization happe
 Two templates (config key ``prompt.template``, :data:`PROMPT_TEMPLATES`): ``rablip``, the layout
 above, and ``release``, RA-BLIP's released one (:func:`release_prompt`): one text that is both the
 Q-Former instruction and the LLM prompt, ``captions | facts | question``, its fields cleaned by
-:func:`clean_caption`. ASKG selection samples use the ``rablip`` selection layout under both.
+:func:`clean_caption`. ASKG selection samples of the ``release`` template use the release's selection
+text (:func:`release_select_prompt`, :func:`release_select_target`, :func:`release_select_instruction`).
 """
 
 from __future__ import annotations
@@ -145,3 +146,53 @@ def release_prompt(question: str, image_captions: Sequence[str], facts: Sequence
         RELEASE_TEXT_FACT.format(title=release_field(title), fact=release_field(fact)) for title, fact in facts
     )
     return RELEASE_PART_SEPARATOR.join(part for part in (captions, texts, release_field(question)) if part)
+
+
+# RA-BLIP's release (datasets.py, WebqaEnhancedTrainDataset): the ASKG selection sample. The LLM reads
+# the instruction, the question, then each reference numbered by its source id; the Q-Former reads
+# the image reference's caption and the question. The strings are the release's, newlines included.
+RELEASE_SELECT_INSTRUCTION = (
+    "We would like to request your feedback on this question is relevant to which of the following "
+    "references. Relevance refers to the degree to which the reference can answer the question. \n"
+    "The input format is Question: content, Reference [number]: content \n"
+    "The Output format is: Related content is [number]\n"
+)
+RELEASE_SELECT_QUESTION = 'Question: "{question}"\nThe references are as follows: \n'
+RELEASE_SELECT_IMAGE = 'Reference [{source_id}]: The reference content is in image format, the image caption is "{caption}"\n'
+RELEASE_SELECT_TEXT = 'Reference [{source_id}]: The reference content is in text format, the text content is "{text}"\n'
+RELEASE_SELECT_TARGET = "The relevant reference is Reference [{source_id}]"
+RELEASE_SELECT_TEXT_TARGET_END = "."
+RELEASE_SELECT_QFORMER = "caption of image is {caption} | question is {question}"
+
+
+def release_select_reference(source_id: str, has_image: bool, title: str, text: str) -> str:
+    """One reference of the release's selection text, numbered by its source id (the KB item id): an
+    image with its caption (``text``, else ``title``, used as given, as the release does) or a text in
+    the release's fact form ``Title: <title>, Fact: <fact>`` (cleaned); each line ends with a newline."""
+    if has_image:
+        return RELEASE_SELECT_IMAGE.format(source_id=source_id, caption=text or title)
+    fact = RELEASE_TEXT_FACT.format(title=release_field(title), fact=release_field(text))
+    return RELEASE_SELECT_TEXT.format(source_id=source_id, text=fact)
+
+
+def release_select_prompt(question: str, references: Sequence[str]) -> str:
+    """The release's selection text for the LLM: the instruction, ``Question: " <question>"`` (cleaned,
+    as the release's caption processor writes it) and the references of
+    :func:`release_select_reference`, in order."""
+    return RELEASE_SELECT_INSTRUCTION + RELEASE_SELECT_QUESTION.format(question=release_field(question)) + "".join(
+        references
+    )
+
+
+def release_select_target(source_id: str, is_text: bool) -> str:
+    """The release's selection target, ``The relevant reference is Reference [<source id>]``; the release
+    ends it with a period when the relevant reference is a text (its text branch), and we do too."""
+    target = RELEASE_SELECT_TARGET.format(source_id=source_id)
+    return target + RELEASE_SELECT_TEXT_TARGET_END if is_text else target
+
+
+def release_select_instruction(question: str, caption: str) -> str:
+    """The release's Q-Former instruction of a selection sample: ``caption of image is <caption> |
+    question is  <question>`` (the question cleaned, with the processor's leading space); ``caption`` is
+    that of the sample's image reference, used as given."""
+    return RELEASE_SELECT_QFORMER.format(caption=caption, question=release_field(question))

@@ -2,8 +2,9 @@
 
 References come from ``retrieval.source``: the dataset's gold relevance labels, a static retrieval
 file, a live index (its results cached as a static file in the run dir), or none. With
-``askg.enabled`` they are mixed with irrelevant items and every example also yields an ASKG
-relevance-selection sample; ``noise.random_snippets`` adds RORA-VLM's random snippets;
+``askg.enabled`` every example also yields an ASKG relevance-selection sample, and its references are
+mixed with irrelevant items (``askg.answer_refs=mixed``) or are its gold facts alone (``gold``, the
+release's; :mod:`rablip.training.askg`); ``noise.random_snippets`` adds RORA-VLM's random snippets;
 ``noise.counterfactual`` swaps answers in references and targets (:mod:`rablip.training.counterfactual`). With
 ``train.feature_cache`` the references' images come as precomputed vision features from the
 frozen-feature cache (:mod:`rablip.training.feature_cache`) instead of decoded pixels.
@@ -23,7 +24,8 @@ from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
-from rablip.data.samples import Sample, make_qa_sample, make_selection_sample
+from rablip.data.samples import Sample, item_has_image, make_qa_sample, make_selection_sample
+from rablip.data.webqa_kb import keep_stored_sources
 from rablip.errors import ConfigError
 from rablip.evaluation.predict import generate_answers
 from rablip.evaluation.vqa_metric import vqa_accuracy
@@ -75,10 +77,14 @@ class FinetuneDataset(Dataset):
         def random_items(r: np.random.Generator, n: int, exclude: set[str]) -> list[str]:
             return self.random_items(r, n, exclude | set(gold), titles)
 
+        def has_image(ids) -> list[bool]:
+            return [item_has_image(item) for item in self.kb.get_many(ids)]
+
         return plan_references(relevant, cfg.retrieval.k, rng, random_items=random_items, askg=cfg.askg.enabled,
                                noise_ratio=cfg.askg.noise_ratio, negatives=cfg.askg.negatives, ranked=ranked,
                                dataset_negatives=example.extra.get("negative_ids"),
-                               random_snippets=cfg.noise.random_snippets)
+                               random_snippets=cfg.noise.random_snippets, answer_refs=cfg.askg.answer_refs,
+                               selection_order=cfg.askg.selection_order, has_image=has_image)
 
     def __getitem__(self, key: tuple[int, int]) -> list[Sample]:
         index, epoch = key
@@ -121,7 +127,12 @@ def replay_examples(cfg: Config, train: list[QAExample]) -> list[QAExample]:
 
 
 def max_references(cfg: Config) -> int:
-    return 0 if cfg.retrieval.source == "none" else cfg.retrieval.k + cfg.noise.random_snippets
+    """References a training sample may hold: k plus the noise snippets; at least the two of the release's
+    selection sample (``askg.answer_refs=gold``), whatever k is."""
+    if cfg.retrieval.source == "none":
+        return 0
+    gold_selection = 2 if cfg.askg.enabled and cfg.askg.answer_refs == "gold" and cfg.retrieval.k else 0
+    return max(cfg.retrieval.k + cfg.noise.random_snippets, gold_selection)
 
 
 def flatten_collate(collator: Collator):
@@ -184,6 +195,8 @@ def finetune(cfg: Config) -> int:
     # Data: the knowledge base, the training examples (and replayed ones), their ranked references.
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
     examples = load_split(cfg.data, "train")
+    if cfg.data.dataset == "webqa":  # a store built with data.kb.on_missing=skip lacks some listed facts
+        examples = keep_stored_sources(examples, kb)
     references = ranked_references(cfg, examples, "train", run_dir)
     with accelerator.main_process_first():
         features = cache_for_run(cfg, model, collator.image_processor, kb, is_main_process=accelerator.is_main_process,

@@ -38,6 +38,27 @@ FULL_PROMPT = (
 )
 QUESTION_ONLY_PROMPT = " What colour is the bus?"
 
+# The release's ASKG selection text (WebqaEnhancedTrainDataset), written out by hand: instruction,
+# 'Question: "' + processed question + '"', then each reference numbered by its source id.
+SELECT_HEADER = (
+    "We would like to request your feedback on this question is relevant to which of the following references. "
+    "Relevance refers to the degree to which the reference can answer the question. \n"
+    "The input format is Question: content, Reference [number]: content \n"
+    "The Output format is: Related content is [number]\n"
+    'Question: " What colour is the bus?"\n'
+    "The references are as follows: \n"
+)
+SELECT_IMAGE_FIRST = SELECT_HEADER + (
+    'Reference [i1]: The reference content is in image format, the image caption is "a red "double" bus"\n'
+    'Reference [t1]: The reference content is in text format, the text content is '
+    '"Title: Eiffel Tower, Fact: The tower 330 m tall built in 1889"\n'
+)
+SELECT_TEXT_FIRST = SELECT_HEADER + (
+    'Reference [t1]: The reference content is in text format, the text content is '
+    '"Title: Eiffel Tower, Fact: The tower 330 m tall built in 1889"\n'
+    'Reference [i2]: The reference content is in image format, the image caption is "the tower at night"\n'
+)
+
 
 def _image(value: int = 120) -> Image.Image:
     return Image.fromarray(np.full((20, 24, 3), value, dtype=np.uint8))
@@ -54,7 +75,8 @@ FULL = [IMAGE_1, TEXT_1, IMAGE_2, TEXT_2]
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("release_assets")
-    corpus = [FULL_PROMPT, QUESTION_ONLY_PROMPT, "Red. red", prompts.select_prompt(QUESTION)] * 3
+    corpus = [FULL_PROMPT, QUESTION_ONLY_PROMPT, "Red. red", prompts.select_prompt(QUESTION), SELECT_IMAGE_FIRST,
+              SELECT_TEXT_FIRST, "The relevant reference is Reference [t1]. [i1] caption of image is | question is"] * 3
     tokenizers = {
         kind: train_tokenizer(corpus, root / kind, kind=kind, vocab_size=400 if kind == "causal" else 200)
         for kind in ("bert", "t5", "causal")
@@ -177,11 +199,44 @@ def test_left_truncation_keeps_the_question(saved, caplog):
     assert left_truncated(bert, [FULL_PROMPT, "Red."], 10) == [expected, bert("Red.")["input_ids"]]
 
 
-def test_selection_samples_keep_the_rablip_layout(saved):
-    select = Sample(QUESTION, None, [Reference(TEXT_1), Reference(TEXT_2)], None, kind="select", relevant=2)
-    release, rablip = _collator(saved), _collator(saved, prompt_template="rablip")
-    for key, value in rablip([select]).items():
-        assert release([select])[key].tolist() == value.tolist(), key
+def test_release_selection_strings():
+    lines = [prompts.release_select_reference("i1", True, IMAGE_1.title, IMAGE_1.text),
+             prompts.release_select_reference("t1", False, TEXT_1.title, TEXT_1.text)]
+    assert prompts.release_select_prompt(QUESTION, lines) == SELECT_IMAGE_FIRST
+    assert prompts.release_select_target("i1", is_text=False) == "The relevant reference is Reference [i1]"
+    assert prompts.release_select_target("t1", is_text=True) == "The relevant reference is Reference [t1]."
+    assert (prompts.release_select_instruction(QUESTION, "the tower at night")
+            == "caption of image is the tower at night | question is  What colour is the bus?")
+
+
+@pytest.mark.parametrize("items, relevant, text, target, caption", [
+    ([IMAGE_1, TEXT_1], 1, SELECT_IMAGE_FIRST, "The relevant reference is Reference [i1]", 'a red "double" bus'),
+    ([TEXT_1, IMAGE_2], 1, SELECT_TEXT_FIRST, "The relevant reference is Reference [t1].", "the tower at night"),
+    ([IMAGE_1, TEXT_1], 2, SELECT_IMAGE_FIRST, "The relevant reference is Reference [t1].", 'a red "double" bus'),
+])
+def test_release_selection_rows_are_the_releases_format(saved, items, relevant, text, target, caption):
+    """A selection sample under the release template: the image block, then exactly the release's
+    selection text; the target names the relevant reference by its source id; every slot's Q-Former
+    instruction is 'caption of image is <the image reference's caption> | question is  <question>'."""
+    llm, bert = saved["tokenizers"]["t5"], saved["tokenizers"]["bert"]
+    refs = [Reference(item, _image() if item.modality != "text" else None) for item in items]
+    select = Sample(QUESTION, None, refs, None, kind="select", relevant=relevant, example_id="q1")
+    collator = _collator(saved)
+    assert collator.packer.training_target(select) == target
+    batch = collator([select])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == [collator.image_token_id] * NUM_QUERY + llm(text, add_special_tokens=False)["input_ids"] + [
+        llm.eos_token_id
+    ]
+    assert batch["labels"][0].tolist() == llm(target, add_special_tokens=False)["input_ids"] + [llm.eos_token_id]
+    instruction = bert(f"caption of image is {caption} | question is  {QUESTION}")["input_ids"]
+    for slot in range(3):
+        ids = batch["qformer_input_ids"][0, slot][batch["qformer_attention_mask"][0, slot].bool()].tolist()
+        assert ids == instruction
+    # The rablip template keeps its own selection layout and "Reference N" target.
+    rablip = _collator(saved, prompt_template="rablip")
+    assert rablip.packer.training_target(select) == f"Reference {relevant}"
+    assert rablip([select])["input_ids"].tolist() != batch["input_ids"].tolist()
 
 
 def test_rablip_template_is_the_default_and_unknown_refused(saved):
@@ -214,7 +269,7 @@ def test_rablip_template_is_the_default_and_unknown_refused(saved):
 
 def test_build_collator_reads_the_key_and_the_model_takes_release_rows(tmp_path_factory):
     """prompt.template reaches the processor through build_collator, and a release batch (ASKG on:
-    selection samples keep rablip's layout) runs through the tiny generator with a finite loss."""
+    selection samples in the release's selection format) runs through the tiny generator with a finite loss."""
     import torch
 
     from rablip.benchmarks import load_split
@@ -244,4 +299,22 @@ def test_build_collator_reads_the_key_and_the_model_takes_release_rows(tmp_path_
     assert all(row.tolist() == instructions[0].tolist() for row in instructions)
     with torch.no_grad():
         loss, _ = answer_loss(model, batch)
+    assert torch.isfinite(loss)
+
+    # askg.answer_refs=gold (the release's plan) through the same dataset: each answering sample holds its
+    # example's gold facts alone; each selection sample two references, the positive first (positive_first).
+    gold_cfg = load_config(FINETUNE_CONFIG, finetune_args(
+        world, run_dir, "prompt.template=release", "askg.answer_refs=gold", "askg.selection_order=positive_first",
+        "noise.random_snippets=0")[2:])
+    gold_set = FinetuneDataset(gold_cfg, examples, kb, ranked_references(gold_cfg, examples, "train", run_dir))
+    groups = [gold_set[(i, 0)] for i in range(4)]
+    for example, (answering, select) in zip(examples[:4], groups, strict=True):
+        gold = list(example.relevant_ids)
+        assert [r.item.id for r in answering.references] == gold[: gold_cfg.retrieval.k]
+        ids = [r.item.id for r in select.references]
+        assert select.relevant == 1 and ids[0] in gold and ids[1] not in gold and len(ids) == 2
+        ending = "" if select.references[0].has_image else "."
+        assert collator.packer.training_target(select) == f"The relevant reference is Reference [{ids[0]}]{ending}"
+    with torch.no_grad():
+        loss, _ = answer_loss(model, flatten_collate(collator)(groups))
     assert torch.isfinite(loss)

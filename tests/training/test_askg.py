@@ -103,3 +103,97 @@ def test_with_a_ranking_references_keep_the_retrievers_order_and_unranked_items_
     clean = plan_references(["a", "b", "c"], 3, np.random.default_rng(0), random_items=random_items,
                             ranked=["a", "b", "c"])
     assert clean.ids == ["a", "b", "c"], "clean training keeps the retrieved top k in rank order"
+
+
+# askg.answer_refs=gold: RA-BLIP's released plan. Ids starting with "i" are image items, the rest text.
+def has_image(ids):
+    return [i.startswith("i") for i in ids]
+
+
+def gold_plan(relevant, seed=0, **kw):
+    kw.setdefault("negatives", "dataset")
+    return plan_references(relevant, 2, np.random.default_rng(seed), random_items=random_items, askg=True,
+                           noise_ratio=0.5, answer_refs="gold", has_image=has_image, **kw)
+
+
+@pytest.mark.parametrize("relevant, expected", [
+    (["t1", "t2", "t3"], ["t1", "t2", "t3"]),                # every text fact, however many
+    (["i1", "i2", "i3"], ["i1", "i2"]),                      # image facts up to k = 2
+    (["t1", "i1", "t2", "i2", "i3"], ["t1", "i1", "t2", "i2"]),
+])
+def test_gold_answering_sample_holds_exactly_the_gold_facts(relevant, expected):
+    for seed in range(50):
+        plan = gold_plan(relevant, seed, dataset_negatives=["n1", "in1"])
+        assert plan.ids == expected and all(plan.relevant), "the gold facts in the dataset's order, no distractors"
+
+
+@pytest.mark.parametrize("relevant, negatives, pair", [
+    (["i1", "i2"], ["n1", "n2", "in1", "in2"], ["i1", "n1"]),       # image positive, the first text negative
+    (["i1", "t1", "t2"], ["n1", "in1", "in2"], ["t1", "in1"]),      # a text positive wins, image negative
+    (["t1"], ["n1", "n2"], ["t1", "n1"]),                           # no image negative: any negative
+    (["t1"], ["t1", "in3"], ["t1", "in3"]),                         # a relevant item is never the negative
+])
+def test_gold_selection_positive_first_is_the_releases_pair(relevant, negatives, pair):
+    for seed in range(20):
+        plan = gold_plan(relevant, seed, dataset_negatives=negatives, selection_order="positive_first")
+        assert plan.selection_ids == pair and plan.selection_target == 0
+
+
+def test_gold_selection_negative_of_the_other_modality_from_hard_and_random_negatives():
+    plan = gold_plan(["t1"], negatives="hard", ranked=["n1", "t1", "in1", "in2"], selection_order="positive_first")
+    assert plan.selection_ids == ["t1", "in1"]
+    plan = gold_plan(["i1"], negatives="hard", ranked=["in1", "n5"], selection_order="positive_first")
+    assert plan.selection_ids == ["i1", "n5"]
+    for seed in range(30):  # random KB items (no dataset negatives): never a relevant one
+        plan = gold_plan(["t1", "t2"], seed, dataset_negatives=None, selection_order="positive_first")
+        assert plan.selection_ids[0] == "t1" and plan.selection_ids[1] in KB
+
+
+def test_gold_selection_shuffled_puts_the_positive_in_either_place():
+    places = []
+    for seed in range(400):
+        plan = gold_plan(["t1", "t2"], seed, dataset_negatives=["n1", "in1"])
+        assert sorted(plan.selection_ids) == ["in1", "t1"]
+        assert plan.selection_ids[plan.selection_target] == "t1"
+        places.append(plan.selection_target)
+    assert 0.4 < np.mean(places) < 0.6, "the positive is first about half the time"
+
+
+def test_gold_plan_is_deterministic_per_rng_and_keeps_noise_snippets():
+    a = gold_plan(["t1", "i1"], seed=5, dataset_negatives=["n1", "in1"], random_snippets=2)
+    b = gold_plan(["t1", "i1"], seed=5, dataset_negatives=["n1", "in1"], random_snippets=2)
+    assert a == b
+    assert sorted(i for i, rel in zip(a.ids, a.relevant) if rel) == ["i1", "t1"]
+    assert len(a.ids) == 4 and sum(a.relevant) == 2
+    assert gold_plan([], dataset_negatives=["n1"]).selection_ids is None, "no gold fact, no selection sample"
+
+
+def test_mixed_positive_first_keeps_the_members_and_lists_the_target_first():
+    for seed in range(200):
+        kwargs = dict(random_items=random_items, askg=True, noise_ratio=0.5)
+        shuffled = plan_references(["r1", "r2"], 3, np.random.default_rng(seed), **kwargs)
+        first = plan_references(["r1", "r2"], 3, np.random.default_rng(seed), selection_order="positive_first",
+                                **kwargs)
+        assert first.ids == shuffled.ids and first.selection_target == 0
+        assert first.selection_ids[0] == shuffled.selection_ids[shuffled.selection_target]
+        assert sorted(first.selection_ids) == sorted(shuffled.selection_ids)
+
+
+def test_unknown_plan_settings_are_refused():
+    with pytest.raises(ValueError, match="answer_refs"):
+        plan_references(["r"], 2, np.random.default_rng(0), random_items=random_items, answer_refs="all")
+    with pytest.raises(ValueError, match="has_image"):
+        plan_references(["r"], 2, np.random.default_rng(0), random_items=random_items, askg=True, answer_refs="gold")
+
+
+def test_the_collator_makes_room_for_the_releases_two_selection_references():
+    from rablip.config.schema import Config
+    from rablip.stages.finetune import max_references
+
+    cfg = Config()
+    cfg.retrieval.k, cfg.askg.enabled = 1, True
+    assert max_references(cfg) == 1, "mixed: the selection holds at most k references"
+    cfg.askg.answer_refs = "gold"
+    assert max_references(cfg) == 2
+    cfg.retrieval.k, cfg.noise.random_snippets = 3, 1
+    assert max_references(cfg) == 4
