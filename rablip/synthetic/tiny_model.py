@@ -1,4 +1,4 @@
-"""Build the synthetic world's tiny generator checkpoint.
+"""Build the synthetic world's tiny generator checkpoint (and one for any text corpus).
 
 Trains the two tokenizers on the world's texts, builds an InstructBLIP of the settings' sizes and saves
 it in the transformers layout (weights, tokenizer, ``qformer_tokenizer/``, image processor), so it loads
@@ -22,9 +22,10 @@ from rablip.synthetic.files import load_manifest
 from rablip.synthetic.llm_warmup import warm_up_language_model
 from rablip.synthetic.reading import reading_examples
 from rablip.synthetic.settings import SyntheticSettings, TinyModelSection
+from rablip.synthetic.tokenizer_training import train_tokenizer
 from rablip.synthetic.viewing import class_counts, viewing_batches
 from rablip.synthetic.vision_warmup import warm_up_vision_model
-from rablip.synthetic.world_tokenizers import train_world_tokenizers
+from rablip.synthetic.world_tokenizers import prompt_texts, train_world_tokenizers
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.synthetic")
@@ -129,3 +130,22 @@ def prepare_tiny_generator(world_dir: str | Path, model_dir: Path, settings: Syn
 def _log_warm_up(name: str, losses: list[float]) -> None:
     """Steps, first loss and the mean of the last 20 of a finished warm-up."""
     log.info("%s: %d steps, loss %.3f -> %.3f", name, len(losses), losses[0], sum(losses[-20:]) / len(losses[-20:]))
+
+
+def build_generator_for_texts(texts: list[str], out_dir: str | Path, sizes: TinyModelSection, seed: int = 0) -> Path:
+    """A tiny generator for any text corpus (e.g. a generated WebQA): tokenizers trained on ``texts`` plus
+    the words of every prompt template, an InstructBLIP of ``sizes`` (its own ViT, no warm-ups) saved in
+    the transformers layout at ``out_dir/generator``. Returns that dir."""
+    out_dir = Path(out_dir)
+    corpus = [*texts, *prompt_texts(include_release=True)]
+    kind = "t5" if sizes.llm_type == "t5" else "causal"
+    llm_tokenizer = train_tokenizer(corpus, out_dir / "tokenizer_llm", kind=kind, vocab_size=sizes.tokenizer_vocab_size)
+    qformer_tokenizer = train_tokenizer(corpus, out_dir / "tokenizer_qformer", kind="bert",
+                                        vocab_size=sizes.tokenizer_vocab_size)
+    architecture = architecture_dict(sizes, sizes.llm_vocab_size or len(llm_tokenizer) + 1,
+                                     sizes.qformer_vocab_size or len(qformer_tokenizer))
+    model_dir = build_tiny_checkpoint(out_dir / "generator", architecture, tokenizer=llm_tokenizer,
+                                      qformer_tokenizer=qformer_tokenizer, seed=seed, init="trainable")
+    BlipImageProcessor(size={"height": sizes.image_size, "width": sizes.image_size}, image_mean=CLIP_MEAN,
+                       image_std=CLIP_STD).save_pretrained(model_dir)
+    return model_dir

@@ -25,13 +25,13 @@ from rablip.synthetic.files import (
 from rablip.synthetic.tokenizer_training import train_tokenizer
 
 
-def prompt_texts() -> list[str]:
+def prompt_texts(include_release: bool = False) -> list[str]:
     """The words of the ``rablip`` prompt templates in :mod:`rablip.models.prompts` (placeholders
     removed; the synthetic configs use that template, so the release's ``RELEASE_*`` ones are left out
-    and the tiny tokenizers stay as they were) and the reference numbers, so no prompt word falls
-    apart into characters."""
-    templates = [value for name, value in vars(prompts).items()
-                 if name.isupper() and isinstance(value, str) and not name.startswith("RELEASE_")]
+    unless ``include_release``, and the world's tiny tokenizers stay as they were) and the reference
+    numbers, so no prompt word falls apart into characters."""
+    templates = [value for name, value in vars(prompts).items() if name.isupper() and isinstance(value, str)
+                 and (include_release or not name.startswith("RELEASE_"))]
     texts = [" ".join(re.sub(r"\{[^{}]*\}", " ", template).split()) for template in templates]
     texts.append(" ".join(str(number) for number in range(21)))
     return [text for text in texts if text]
