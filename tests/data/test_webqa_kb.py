@@ -22,6 +22,7 @@ from rablip.data.webqa import ImageTSV, TSVImage
 from rablip.data.webqa_kb import keep_stored_sources
 from rablip.errors import DataError
 from rablip.synthetic.webqa_files import write_webqa
+from tests.retrieval.tiny_world import TEST_WORLD, build_world
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def kb_config(files, store_dir: Path, **values) -> KBConfig:
     return KBConfig(format="webqa", path=str(files.train_val), extra_paths=[str(files.test)],
                     webqa_images_tsv=str(files.tsv), store_dir=str(store_dir), **values)
+
+
+def webqa_world(root: Path, n_questions: int, n_test: int, seed: int):
+    """A synthetic world's tiny generator checkpoint under ``root/world`` and a WebQA under ``root/webqa`` with
+    its KB store in ``root/store``: ``(root, files)``."""
+    build_world(root / "world", *TEST_WORLD, parts=("world", "checkpoint"))
+    files = write_webqa(root / "webqa", n_questions=n_questions, n_test=n_test, seed=seed)
+    build_kb_from_config(kb_config(files, root / "store"), show_progress=False)
+    return root, files
 
 
 def test_store_holds_every_fact_once_and_reads_images_from_the_tsv(tmp_path):

@@ -13,15 +13,13 @@ import torch
 
 from rablip.benchmarks.webqa import load_webqa
 from rablip.config import load_config
-from rablip.data.kb_build import build_kb_from_config
 from rablip.models.factory import build_retrieval_encoder, load_generator
 from rablip.retrieval.candidates import listed_sources
 from rablip.retrieval.static import read_retrieval, write_retrieval
 from rablip.stages.encode_kb import encode_knowledge_base
 from rablip.stages.evaluate import evaluate
-from rablip.synthetic.webqa_files import write_webqa
-from tests.data.test_webqa_kb import kb_config
-from tests.retrieval.tiny_world import TEST_WORLD, build_world, one_thread
+from tests.data.test_webqa_kb import webqa_world
+from tests.retrieval.tiny_world import one_thread
 
 EVAL_CONFIG = "configs/experiment/synthetic_eval.yaml"
 
@@ -29,11 +27,7 @@ EVAL_CONFIG = "configs/experiment/synthetic_eval.yaml"
 @pytest.fixture(scope="module")
 def webqa(tmp_path_factory):
     """A tiny generator checkpoint (in a synthetic world dir), a WebQA and its KB store."""
-    root = tmp_path_factory.mktemp("webqa_eval")
-    build_world(root / "world", *TEST_WORLD, parts=("world", "checkpoint"))
-    files = write_webqa(root / "webqa", n_questions=6, n_test=4, seed=1)
-    build_kb_from_config(kb_config(files, root / "store"), show_progress=False)
-    return root, files
+    return webqa_world(tmp_path_factory.mktemp("webqa_eval"), n_questions=6, n_test=4, seed=1)
 
 
 def eval_config(root, files, split: str, out, static_file):

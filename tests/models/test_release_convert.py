@@ -19,41 +19,7 @@ from rablip.models import RABlipForConditionalGeneration
 from rablip.models.loading import CheckpointError
 from rablip.models.release_convert import convert_release_checkpoint, convert_release_state_dict
 from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
-
-_VISION_LAYER = [
-    ("layer_norm1.", "norm1."), ("layer_norm2.", "norm2."), ("self_attn.qkv.weight", "attn.qkv.weight"),
-    ("self_attn.projection.", "attn.proj."), ("mlp.", "mlp."),
-]
-_DIRECT = {
-    "vision_model.embeddings.class_embedding": "visual_encoder.cls_token",
-    "vision_model.embeddings.position_embedding": "visual_encoder.pos_embed",
-    "vision_model.post_layernorm.weight": "ln_vision.weight",
-    "vision_model.post_layernorm.bias": "ln_vision.bias",
-    "qformer.embeddings.layernorm.weight": "Qformer.bert.embeddings.LayerNorm.weight",
-    "qformer.embeddings.layernorm.bias": "Qformer.bert.embeddings.LayerNorm.bias",
-    "query_tokens": "query_tokens",
-}
-
-
-def _release_key(key: str) -> str:
-    """The release's (LAVIS) name of a transformers InstructBLIP key, written from LAVIS's module names."""
-    if key in _DIRECT:
-        return _DIRECT[key]
-    if key.startswith("vision_model.embeddings.patch_embedding."):
-        return key.replace("vision_model.embeddings.patch_embedding.", "visual_encoder.patch_embed.proj.")
-    layer = re.match(r"vision_model\.encoder\.layers\.(\d+)\.(.+)", key)
-    if layer:
-        index, part = layer.groups()
-        for ours, theirs in _VISION_LAYER:
-            if part.startswith(ours):
-                return f"visual_encoder.blocks.{index}.{theirs}{part[len(ours):]}"
-    if key.startswith("qformer."):
-        return "Qformer.bert." + key[len("qformer."):].replace("attention.attention.", "attention.self.")
-    if key.startswith("language_projection."):
-        return key.replace("language_projection.", "t5_proj.")
-    if key.startswith("language_model."):
-        return key.replace("language_model.", "t5_model.")
-    raise AssertionError(f"no release name for {key}")
+from tests.models.test_convert import _to_lavis_key  # the release names its modules as LAVIS does
 
 
 def _release_state_dict(source, type_embeds, pos_embeds) -> dict[str, torch.Tensor]:
@@ -61,11 +27,11 @@ def _release_state_dict(source, type_embeds, pos_embeds) -> dict[str, torch.Tens
     state = {"type_embeds": type_embeds.clone(), "pos_embeds": pos_embeds.clone()}
     for key, tensor in source.state_dict().items():
         if key.endswith("self_attn.qkv.bias"):  # EVA: q and v biases, no k bias
-            prefix = _release_key(key.replace("qkv.bias", "qkv.weight")).replace("qkv.weight", "")
+            prefix = _to_lavis_key(key.replace("qkv.bias", "qkv.weight")).replace("qkv.weight", "")
             q_bias, _, v_bias = tensor.chunk(3)
             state[prefix + "q_bias"], state[prefix + "v_bias"] = q_bias.clone(), v_bias.clone()
         else:
-            state[_release_key(key)] = tensor if key.startswith("language_model.") else tensor.clone()
+            state[_to_lavis_key(key)] = tensor if key.startswith("language_model.") else tensor.clone()
     state["Qformer.bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
     return state
 

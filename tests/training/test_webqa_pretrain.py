@@ -11,22 +11,16 @@ from PIL import Image
 from rablip.benchmarks import load_split
 from rablip.config import load_config
 from rablip.data.kb import KBStore
-from rablip.data.kb_build import build_kb_from_config
 from rablip.models.factory import build_retrieval_encoder, load_generator
 from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.stages.pretrain import PairDataset, build_pairs, make_retrieval_evaluator, pretrain
-from rablip.synthetic.webqa_files import write_webqa
-from tests.data.test_webqa_kb import kb_config
-from tests.retrieval.tiny_world import PRETRAIN_CONFIG, TEST_WORLD, build_world, one_thread, world_overrides
+from tests.data.test_webqa_kb import webqa_world
+from tests.retrieval.tiny_world import PRETRAIN_CONFIG, one_thread, world_overrides
 
 
 @pytest.fixture(scope="module")
 def webqa(tmp_path_factory):
-    root = tmp_path_factory.mktemp("webqa_pretrain")
-    build_world(root / "world", *TEST_WORLD, parts=("world", "checkpoint"))
-    files = write_webqa(root / "webqa", n_questions=9, n_test=2, seed=2)
-    build_kb_from_config(kb_config(files, root / "store"), show_progress=False)
-    return root, files
+    return webqa_world(tmp_path_factory.mktemp("webqa_pretrain"), n_questions=9, n_test=2, seed=2)
 
 
 def webqa_config(root, files, *extra: str):
