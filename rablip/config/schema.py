@@ -19,7 +19,7 @@ from rablip.config.data_schema import DATASETS, DataConfig, ExtraPairsConfig, KB
 from rablip.config.eval_schema import EvalConfig, LogConfig
 
 __all__ = ["DATASETS", "GENERATOR_MODULES", "TRAINABLE_MODULES", "AskgConfig", "Config", "ConfigValueError",
-           "DataConfig", "EvalConfig", "ExtraPairsConfig", "FusionConfig", "KBConfig", "LogConfig", "ModelConfig",
+           "DataConfig", "EvalConfig", "ExtraPairsConfig", "FusionConfig", "KBConfig", "LogConfig", "LoraConfig", "ModelConfig",
            "NoiseConfig", "PromptConfig", "RefineConfig", "RetrievalConfig", "RunConfig", "SplitConfig", "TrainConfig",
            "schema_keys"]
 
@@ -81,11 +81,34 @@ class RefineConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the generator's LLM, either family; they train beside model.trainable, are
+    saved as peft adapter files in trainable-only checkpoints and merged into the LLM when loaded."""
+
+    r: int = 0
+    """Rank of the adapters; 0: no LoRA."""
+    alpha: float = 16.0
+    """Scale numerator: an adapter's update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input during training."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """LLM linear layers that get adapters, by name suffix as peft matches them (LLaMA/Vicuna: q_proj, k_proj,
+    v_proj, o_proj, gate_proj, up_proj, down_proj; OPT: q_proj, k_proj, v_proj, out_proj, fc1, fc2; T5: q, k, v, o)."""
+
+    def __post_init__(self) -> None:
+        check_positive("model.lora.r", self.r, allow_zero=True)
+        check_positive("model.lora.alpha", self.alpha)
+        check_range("model.lora.dropout", self.dropout, 0.0, 1.0)
+        if self.r and not self.target_modules:
+            raise ConfigValueError("model.lora.target_modules", "is empty; name the LLM layers that get adapters")
+
+
+@dataclass
 class ModelConfig:
     checkpoint: str = "checkpoints/instructblip-flan-t5-xl"
-    """Base checkpoint dir: a transformers InstructBLIP or BLIP-2 dir, or a rablip checkpoint dir (it must
+    """Base checkpoint dir: a transformers InstructBLIP, BLIP-2 or LLaVA dir, or a rablip checkpoint dir (it must
     hold config.json; stages load it and never build one). It brings its own architecture and vision
-    encoder."""
+    encoder; its config's model_type picks the generator family (llava: the LLaVA-1.5 family)."""
     export_generator: bool = False
     """run_pretrain.py: also write <run.output_dir>/final/generator, the base generator holding the
     pre-trained vision encoder, query tokens and Q-Former, for fine-tuning to start from (as BLIP-2's
@@ -93,7 +116,8 @@ class ModelConfig:
     published checkpoints start fine-tuning from their own weights."""
     trainable: list[str] = field(
         default_factory=lambda: ["qformer", "query_tokens", "language_projection", "slot_embeddings"])
-    """Modules that train; the rest are frozen (RA-BLIP: vision encoder and LLM frozen)."""
+    """Modules that train; the rest are frozen (RA-BLIP: vision encoder and LLM frozen). The LLaVA family has
+    vision_model (CLIP tower), language_projection (MLP projector) and language_model (plus fusion)."""
     gradient_checkpointing: bool = False
     """Recompute LLM and Q-Former activations in the backward pass to save memory."""
     multi_image: str = "per_slot"
@@ -103,6 +127,7 @@ class ModelConfig:
     tokens per example. A rablip checkpoint with trained slot tables loads only in the mode it was saved in."""
     fusion: FusionConfig = field(default_factory=FusionConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         for name in self.trainable:

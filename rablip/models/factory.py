@@ -1,5 +1,8 @@
 """Build the generator of a run from its config: the model of its checkpoint (``model.checkpoint``,
-loaded, never built) with the configured trainable modules, and the retrieval encoder on its parts.
+loaded, never built) with the configured trainable modules (and, for training, LoRA adapters on its
+LLM: ``model.lora``), and the retrieval encoder on its parts. The family comes from the checkpoint's
+``config.json`` (``model_type`` llava / rablip_llava: :class:`~rablip.models.llava.RablipLlavaForConditionalGeneration`;
+otherwise :class:`~rablip.models.rablip.RABlipForConditionalGeneration`), so stages never branch on it.
 The processor that speaks to the generator is built by :func:`rablip.models.processing.build_collator`."""
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from pathlib import Path
 from rablip.config.schema import Config
 from rablip.errors import ConfigError
 from rablip.models.freezing import parameter_counts, set_gradient_checkpointing
+from rablip.models.llava import RablipLlavaForConditionalGeneration
+from rablip.models.llava_loading import LLAVA_MODEL_TYPES
+from rablip.models.lora import apply_lora
 from rablip.models.rablip import RABlipForConditionalGeneration
+from rablip.utils.io import read_json
 from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.models")
@@ -30,13 +37,35 @@ def generator_trainable_modules(cfg: Config) -> list[str]:
     return [name for name in cfg.model.trainable if name != "fusion"]
 
 
-def load_generator(cfg: Config, checkpoint: str | Path | None = None) -> RABlipForConditionalGeneration:
+def generator_family(path: str | Path) -> type:
+    """The generator class of checkpoint dir ``path``, by its ``config.json``'s ``model_type``."""
+    model_type = read_json(Path(path) / "config.json", "checkpoint config").get("model_type")
+    return RablipLlavaForConditionalGeneration if model_type in LLAVA_MODEL_TYPES else RABlipForConditionalGeneration
+
+
+def load_generator(cfg: Config, checkpoint: str | Path | None = None, *, for_training: bool = False):
     """The generator from ``checkpoint`` (default: the run's base checkpoint) with the configured
-    trainable modules, refinement and gradient checkpointing; parameter counts are logged."""
+    trainable modules, refinement and gradient checkpointing; parameter counts are logged. A
+    checkpoint's saved LoRA adapter is merged on load; ``for_training`` adds fresh adapters of
+    ``model.lora`` (r > 0) to the LLM. ConfigError for a setting the LLaVA family lacks
+    (``model.refine``, ``model.multi_image=concat``, ``train.feature_cache``)."""
     path = Path(checkpoint) if checkpoint else generator_checkpoint_dir(cfg)
-    overrides = {"trainable_modules": generator_trainable_modules(cfg), "multi_image": cfg.model.multi_image,
-                 "refine_top_m": cfg.model.refine.top_m if cfg.model.refine.enabled else None}
-    model = RABlipForConditionalGeneration.from_pretrained(str(path), **overrides)
+    family = generator_family(path)
+    if family is RablipLlavaForConditionalGeneration:
+        unsupported = [key for key, on in (("model.refine.enabled", cfg.model.refine.enabled),
+                                           ("model.multi_image=concat", cfg.model.multi_image == "concat"),
+                                           ("train.feature_cache", cfg.train.feature_cache)) if on]
+        if unsupported:
+            raise ConfigError(f"{path} is a LLaVA checkpoint; the LLaVA generator does not support {unsupported} "
+                              "(no Q-Former): switch them off")
+        model = family.from_pretrained(str(path), trainable_modules=generator_trainable_modules(cfg))
+    else:
+        overrides = {"trainable_modules": generator_trainable_modules(cfg), "multi_image": cfg.model.multi_image,
+                     "refine_top_m": cfg.model.refine.top_m if cfg.model.refine.enabled else None}
+        model = family.from_pretrained(str(path), **overrides)
+    lora = cfg.model.lora
+    if for_training and apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules):
+        log.info("LoRA adapters (r=%d, alpha=%s) on the LLM's %s", lora.r, lora.alpha, list(lora.target_modules))
     if cfg.model.gradient_checkpointing:
         set_gradient_checkpointing(model, language_model=True, qformer=True)
     parameter_counts(model)  # logs total/trainable per module group
@@ -51,6 +80,10 @@ def build_retrieval_encoder(cfg: Config, generator: RABlipForConditionalGenerati
     from rablip.models.fusion_layers import FusionEncoder, with_resolved_heads
 
     generator = generator or load_generator(cfg)
+    if not hasattr(generator, "qformer"):
+        raise ConfigError(f"model.checkpoint {generator.config.base_checkpoint} is a LLaVA generator, which has no "
+                          "Q-Former to build the retrieval encoder on: pre-train the fusion encoder from an "
+                          "InstructBLIP/BLIP-2 checkpoint and point model.fusion.checkpoint at it.")
     qformer = generator.config.qformer_config
     fusion = FusionEncoder(with_resolved_heads(cfg.model.fusion, qformer.num_attention_heads), qformer.hidden_size)
     return MultimodalRetrievalEncoder(generator.vision_model, generator.query_tokens, generator.qformer, fusion)

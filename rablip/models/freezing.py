@@ -2,7 +2,9 @@
 
 Module groups are the names in :data:`rablip.models.config.MODULE_GROUPS`; ``slot_embeddings``
 covers RA-BLIP's slot type and position tables (``slot_position_embeds`` in per_slot mode,
-``patch_position_embeds`` in concat mode).
+``patch_position_embeds`` in concat mode). The LLaVA family's parts map onto the same groups
+(``model.vision_tower`` -> vision_model, ``model.multi_modal_projector`` -> language_projection,
+``model.language_model`` + ``lm_head`` -> language_model); LoRA adapters form the group ``lora``.
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _GROUP_PREFIXES = {
-    "vision_model": ("vision_model.",),
+    # InstructBLIP family names first, then the LLaVA family's (transformers' LlavaForConditionalGeneration)
+    "vision_model": ("vision_model.", "model.vision_tower."),
     "query_tokens": ("query_tokens",),
     "qformer": ("qformer.",),
-    "language_projection": ("language_projection.",),
-    "language_model": ("language_model.",),
+    "language_projection": ("language_projection.", "model.multi_modal_projector."),
+    "language_model": ("language_model.", "model.language_model.", "lm_head.weight"),
     "slot_embeddings": ("slot_type_embeds", "slot_position_embeds", "patch_position_embeds"),
 }
 
+LORA_GROUP = "lora"
+"""The group of the LoRA adapter weights peft adds to the LLM (``model.lora``, :mod:`rablip.models.lora`):
+they train whenever they exist, and a trainable-only checkpoint saves them apart, as peft's adapter files."""
+
 
 def group_of(parameter_name: str) -> str:
-    """The module group a parameter (or state-dict key) belongs to."""
+    """The module group a parameter (or state-dict key) belongs to (``lora`` for LoRA adapter weights)."""
+    if ".lora_" in parameter_name:
+        return LORA_GROUP
     for group, prefixes in _GROUP_PREFIXES.items():
         if parameter_name.startswith(prefixes):
             return group
@@ -33,8 +42,9 @@ def group_of(parameter_name: str) -> str:
 
 
 def is_trainable_key(parameter_name: str, trainable_modules: list[str]) -> bool:
-    """Whether a parameter / state-dict key is in one of the trainable module groups."""
-    return group_of(parameter_name) in trainable_modules
+    """Whether a parameter / state-dict key is in one of the trainable module groups (LoRA adapters always are)."""
+    group = group_of(parameter_name)
+    return group == LORA_GROUP or group in trainable_modules
 
 
 def apply_trainable_modules(model: nn.Module) -> None:
@@ -88,7 +98,9 @@ def is_checkpointing(part: nn.Module) -> bool:
 
 def set_gradient_checkpointing(model: nn.Module, language_model: bool, qformer: bool) -> None:
     """Switch gradient checkpointing of the LLM and of the Q-Former on or off."""
-    for enabled, part in ((language_model, model.language_model), (qformer, model.qformer)):
+    for enabled, part in ((language_model, model.language_model), (qformer, getattr(model, "qformer", None))):
+        if part is None:  # the LLaVA family has no Q-Former
+            continue
         # transformers 5 renamed the switches to activation_checkpointing_*; accept both spellings
         if enabled:
             if hasattr(part, "activation_checkpointing_enable"):

@@ -8,7 +8,9 @@ Three kinds of checkpoint dir load through :func:`load_pretrained`:
   ``save_pretrained(trainable_only=False)``;
 - a trainable-only rablip dir (``model_type: rablip`` with ``base_checkpoint`` set in its config,
   and ``model.safetensors``), holding only the modules that train; ``base_checkpoint`` is the dir
-  with the remaining weights.
+  with the remaining weights. When the LLM was fine-tuned with LoRA (``model.lora``), the dir also
+  holds peft's adapter files (``adapter_model.safetensors`` + ``adapter_config.json``), merged into
+  the LLM on load (:mod:`rablip.models.lora`).
 
 Every missing or unexpected weight is an error listing the keys, except the declared
 expected-missing ones (RA-BLIP's new slot tables when starting from InstructBLIP / BLIP-2, and the
@@ -33,6 +35,7 @@ from transformers.utils import logging as hf_logging
 from rablip.errors import RablipError
 from rablip.models.config import RABLIP_FIELDS, RABlipConfig, config_from_transformers
 from rablip.models.freezing import apply_trainable_modules, group_of
+from rablip.models.lora import has_lora, merge_lora_adapter, save_lora_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +246,9 @@ def _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, dep
     rablip_fields.update(overrides)
     model = load_pretrained(cls, base_path, _depth=depth + 1, **hf_kwargs, **rablip_fields)
     load_trainable_weights(model, path / TRAINABLE_WEIGHTS_FILE)
-    model.config.base_checkpoint = str(base_path)
+    # A merged adapter changed the (frozen) LLM: a later trainable-only save must build on this dir.
+    merged = merge_lora_adapter(model, path)
+    model.config.base_checkpoint = str(path if merged else base_path)
     return model
 
 
@@ -284,8 +289,15 @@ def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False,
     """Write ``config.json`` and safetensors weights: the full model, or only its trainable module groups.
 
     A trainable-only dir records ``base_checkpoint`` (the dir the frozen weights come from) and
-    the module groups it holds; loading it loads the base first, then overlays these weights.
+    the module groups it holds; loading it loads the base first, then overlays these weights. An LLM
+    with LoRA adapters adds peft's adapter files to a trainable-only dir (a full save refuses it:
+    merge the adapters first). Works for both generator families (``model.config`` is a
+    :class:`RABlipConfig` or a :class:`~rablip.models.llava_config.RablipLlavaConfig`).
     """
+    if not trainable_only and has_lora(model):
+        raise CheckpointError("save_pretrained: the LLM carries LoRA adapters, which a full model save would not "
+                              "keep; save trainable_only=True (adapter files beside the weights) or merge them "
+                              "first (rablip.models.lora.merge_lora)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config: RABlipConfig = model.config
@@ -322,5 +334,6 @@ def save_checkpoint(model, out_dir: str | Path, *, trainable_only: bool = False,
     for name in FULL_WEIGHTS_FILES:
         if name != TRAINABLE_WEIGHTS_FILE and (out_dir / name).exists():
             (out_dir / name).unlink()
+    save_lora_adapter(model, out_dir)
     config.save_pretrained(str(out_dir))
     return out_dir

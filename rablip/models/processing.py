@@ -7,7 +7,8 @@ preprocesses its images and pads the rows into the batch dict:
 * ``pixel_values`` (B, S, 3, H, W), zeros in empty slots; ``image_slot_mask`` (B, S). Slot 0 is the
   question image, slot i the i-th reference's image (text-only references and padding: False).
 * ``qformer_input_ids`` / ``qformer_attention_mask`` (B, S, Lq), right-padded: the question, plus
-  the item's caption in a slot that holds an item image.
+  the item's caption in a slot that holds an item image. Absent for a generator without a Q-Former
+  (the LLaVA family: the collator is built without a Q-Former tokenizer).
 * ``input_ids`` / ``attention_mask`` (B, L): ``[question image tokens] [prefix specials]
   [ref 1 image tokens] "Reference 1: ..." ... [prompt ending with the answer prefix]``, with
   ``num_query_tokens`` image tokens per real image slot (``multi_image="concat"``: one block of them
@@ -79,6 +80,7 @@ class Collator:
         llm_tokenizer,
         image_processor,
         *,
+        images_after_prefix: bool = False,
         num_query_tokens: int,
         is_encoder_decoder: bool,
         max_references: int,
@@ -95,7 +97,10 @@ class Collator:
         """Settings are plain values (the config's model/data keys); those of the LLM row are
         :class:`PromptPacker`'s. With ``pad_slots_to_max_references`` every batch has
         S = 1 + max_references slots (static shapes); otherwise S = 1 + the most references of any
-        row in the batch. ConfigError on a setting out of range or an unusable tokenizer."""
+        row in the batch. ``qformer_tokenizer`` None: no Q-Former tensors (LLaVA).
+        ``images_after_prefix``: the prefix specials (``<s>``) open the row, before the question
+        image's tokens (LLaVA's layout; InstructBLIP's query outputs come before them).
+        ConfigError on a setting out of range or an unusable tokenizer."""
         if not isinstance(qformer_max_length, int) or qformer_max_length < 2:
             raise ConfigError(f"collate: qformer_max_length must be an integer >= 2, got {qformer_max_length!r}")
         if mode not in COLLATE_MODES:
@@ -104,14 +109,14 @@ class Collator:
             llm_tokenizer, num_query_tokens=num_query_tokens, is_encoder_decoder=is_encoder_decoder,
             max_references=max_references, max_input_length=max_input_length,
             max_target_length=max_target_length, image_token=image_token, answer_from_choices=answer_from_choices,
-            prompt_template=prompt_template, multi_image=multi_image,
+            prompt_template=prompt_template, multi_image=multi_image, images_after_prefix=images_after_prefix,
         )
         self.qformer_tokenizer = qformer_tokenizer
         self.image_processor = image_processor
         self.qformer_max_length = qformer_max_length
         self.pad_slots_to_max_references = pad_slots_to_max_references
         self.mode = mode
-        qformer_pad = qformer_tokenizer.pad_token_id
+        qformer_pad = qformer_tokenizer.pad_token_id if qformer_tokenizer is not None else None
         self.qformer_pad_id = qformer_pad if qformer_pad is not None else 0
         self.image_height, self.image_width = image_size(image_processor)
 
@@ -135,9 +140,10 @@ class Collator:
         image_processor_dir: str | os.PathLike,
         **kwargs,
     ) -> Collator:
-        """Load both tokenizers (``AutoTokenizer``) and the ``BlipImageProcessor`` from local dirs."""
+        """Load both tokenizers (``AutoTokenizer``; ``qformer_tokenizer_dir`` None: none) and the image
+        processor (:func:`~rablip.models.processor_files.load_image_processor`) from local dirs."""
         return cls(
-            load_tokenizer(qformer_tokenizer_dir, "Q-Former tokenizer"),
+            load_tokenizer(qformer_tokenizer_dir, "Q-Former tokenizer") if qformer_tokenizer_dir else None,
             load_tokenizer(llm_tokenizer_dir, "LLM tokenizer"),
             load_image_processor(image_processor_dir),
             **kwargs,
@@ -237,16 +243,12 @@ class Collator:
         cached = self._features(rows, slots)
         if cached:
             slot_mask = slot_mask | cached["image_embeds_mask"]
-        qformer_ids, qformer_mask = self._qformer(rows, slots)
         left = not self.is_encoder_decoder
-        batch = {
-            "pixel_values": pixel_values,
-            "image_slot_mask": slot_mask,
-            "qformer_input_ids": qformer_ids,
-            "qformer_attention_mask": qformer_mask,
-            "input_ids": _pad([row.input_ids for row in rows], self.pad_id, left),
-            "attention_mask": _pad([[1] * len(row.input_ids) for row in rows], 0, left),
-        }
+        batch = {"pixel_values": pixel_values, "image_slot_mask": slot_mask}
+        if self.qformer_tokenizer is not None:
+            batch["qformer_input_ids"], batch["qformer_attention_mask"] = self._qformer(rows, slots)
+        batch["input_ids"] = _pad([row.input_ids for row in rows], self.pad_id, left)
+        batch["attention_mask"] = _pad([[1] * len(row.input_ids) for row in rows], 0, left)
         if rows[0].labels is not None:
             batch["labels"] = _pad([row.labels for row in rows], IGNORE_INDEX, left)
         batch.update(cached)
@@ -258,14 +260,17 @@ def build_collator(cfg: Config, model, max_references: int, mode: str = "train")
     """The processor of generator ``model`` (a loaded :class:`~rablip.models.rablip.RABlipForConditionalGeneration`)
     for samples of up to ``max_references`` references, in ``mode``: its tokenizers and image
     processor from the model's base checkpoint, its lengths from ``data.*``, its prompt template from
-    ``prompt.template``. ConfigError when the
+    ``prompt.template``. A generator without a Q-Former (the LLaVA family, ``qformer`` absent) gets no
+    Q-Former tokenizer, and its rows open with the prefix specials. ConfigError when the
     model has fewer reference slots (``max_image_slots`` - 1) than ``max_references``."""
     directory = processor_dir(model.config.base_checkpoint or "")
     if 1 + max_references > model.config.max_image_slots:
         raise ConfigError(f"retrieval.k plus noise.random_snippets needs {max_references} references, but the model "
                           f"has {model.config.max_image_slots - 1} reference slots (max_image_slots).")
+    has_qformer = hasattr(model, "qformer")
     return Collator.from_pretrained(
-        directory / QFORMER_TOKENIZER_DIR, directory, directory, num_query_tokens=model.config.num_query_tokens,
+        directory / QFORMER_TOKENIZER_DIR if has_qformer else None, directory, directory,
+        images_after_prefix=not has_qformer, num_query_tokens=model.config.num_query_tokens,
         is_encoder_decoder=not model.is_decoder_only, max_references=max_references,
         max_input_length=cfg.data.max_input_length, max_target_length=cfg.data.max_target_length,
         qformer_max_length=cfg.data.qformer_max_length, mode=mode, prompt_template=cfg.prompt.template,

@@ -4,8 +4,9 @@ they make.
 A transformers InstructBLIP/BLIP-2 checkpoint dir (and a full rablip one) holds, beside its weights,
 the LLM tokenizer (``tokenizer*``, ``special_tokens_map.json``), the Q-Former tokenizer in
 ``qformer_tokenizer/`` and the image processor (``preprocessor_config.json``, a
-``BlipImageProcessor``). A trainable-only rablip checkpoint holds none of them: they are those of
-its ``base_checkpoint``. :func:`processor_dir` is the one place that finds them; the generator's
+``BlipImageProcessor``). A transformers LLaVA dir (``model_type: llava``) holds the LLM tokenizer and
+a ``CLIPImageProcessor`` and no Q-Former tokenizer. A trainable-only rablip checkpoint holds none of
+them: they are those of its ``base_checkpoint``. :func:`processor_dir` is the one place that finds them; the generator's
 processor (:class:`rablip.models.processing.Collator`) and the fusion encoder's
 (:class:`rablip.models.retrieval_processing.RetrievalBatcher`) both load from the dir it names.
 """
@@ -17,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, BlipImageProcessor
+from transformers import AutoTokenizer, BlipImageProcessor, CLIPImageProcessor
 
 from rablip.errors import ConfigError
 from rablip.utils.io import read_json
@@ -28,6 +29,8 @@ IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILES = (IMAGE_PROCESSOR_FILE, "processor_config.json", "generation_config.json")
 """The non-tokenizer processor files a checkpoint dir may hold."""
 _MAX_BASE_DEPTH = 4
+#: ``model_type`` of the generator checkpoints without a Q-Former (the LLaVA family).
+NO_QFORMER_MODEL_TYPES = ("llava", "rablip_llava")
 
 
 def processor_dir(checkpoint: str | os.PathLike) -> Path:
@@ -37,7 +40,7 @@ def processor_dir(checkpoint: str | os.PathLike) -> Path:
     trainable-only rablip checkpoint): then the chain of base checkpoints is followed (a relative path
     is taken from the dir that names it), at most four steps, to the first dir that names none.
     Raises ConfigError when a dir on the way has no ``config.json``, the chain is deeper, or the dir
-    found lacks ``qformer_tokenizer/`` or ``preprocessor_config.json``.
+    found lacks ``preprocessor_config.json`` or (a model with a Q-Former) ``qformer_tokenizer/``.
     """
     path = Path(checkpoint).expanduser().resolve()
     for _ in range(_MAX_BASE_DEPTH):
@@ -45,14 +48,16 @@ def processor_dir(checkpoint: str | os.PathLike) -> Path:
         if not config.is_file():
             raise ConfigError(f"{path} holds no generator checkpoint (no config.json), so it has no processor files. "
                               "Point model.checkpoint at a transformers InstructBLIP/BLIP-2 dir (see checkpoints/README.md).")
-        base = read_json(config, "checkpoint config").get("base_checkpoint")
+        config_dict = read_json(config, "checkpoint config")
+        base = config_dict.get("base_checkpoint")
         if not base:
             break
         base_path = Path(base).expanduser()
         path = base_path if base_path.is_absolute() else (path / base_path).resolve()
     else:
         raise ConfigError(f"checkpoint {checkpoint}: base_checkpoint chain deeper than {_MAX_BASE_DEPTH}.")
-    if not (path / IMAGE_PROCESSOR_FILE).is_file() or not (path / QFORMER_TOKENIZER_DIR).is_dir():
+    needs_qformer = config_dict.get("model_type") not in NO_QFORMER_MODEL_TYPES
+    if not (path / IMAGE_PROCESSOR_FILE).is_file() or needs_qformer and not (path / QFORMER_TOKENIZER_DIR).is_dir():
         raise ConfigError(f"checkpoint {path} lacks its processor files ({QFORMER_TOKENIZER_DIR}/, tokenizer files, "
                           f"{IMAGE_PROCESSOR_FILE}): copy the whole transformers checkpoint dir.")
     return path
@@ -83,15 +88,23 @@ def load_tokenizer(directory: str | os.PathLike, what: str = "tokenizer") -> Any
     return _load(what, directory, AutoTokenizer.from_pretrained)
 
 
-def load_image_processor(directory: str | os.PathLike) -> BlipImageProcessor:
-    """The ``BlipImageProcessor`` saved in ``directory`` (ConfigError when it cannot load)."""
-    return _load("image processor", directory, BlipImageProcessor.from_pretrained)
+def load_image_processor(directory: str | os.PathLike) -> BlipImageProcessor | CLIPImageProcessor:
+    """The image processor saved in ``directory``: a ``CLIPImageProcessor`` where its
+    ``preprocessor_config.json`` names one (LLaVA), else a ``BlipImageProcessor`` (ConfigError when it
+    cannot load)."""
+    config = Path(directory) / IMAGE_PROCESSOR_FILE
+    kind = read_json(config, "image processor config").get("image_processor_type", "") if config.is_file() else ""
+    loader = CLIPImageProcessor if kind.startswith("CLIPImageProcessor") else BlipImageProcessor
+    return _load("image processor", directory, loader.from_pretrained)
 
 
 def image_size(image_processor: Any) -> tuple[int, int]:
-    """``(height, width)`` of the pixel values ``image_processor`` makes (its ``size``); ConfigError when
-    its size has no height and width (BlipImageProcessor, which resizes to exactly that, has both)."""
+    """``(height, width)`` of the pixel values ``image_processor`` makes: its ``crop_size`` when it
+    center-crops (CLIPImageProcessor), else its ``size``; ConfigError when that has no height and width
+    (BlipImageProcessor, which resizes to exactly that, has both)."""
     size = image_processor.size
+    if getattr(image_processor, "do_center_crop", False) and getattr(image_processor, "crop_size", None):
+        size = image_processor.crop_size
     height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
     width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
     if not height or not width:

@@ -3,7 +3,9 @@ its slot images or precomputed features, and the Q-Former instruction of each sl
 
 A row is ``[question image tokens] [prefix specials] ([ref image tokens] ref line separator)*
 prompt [suffix specials]`` with ``num_query_tokens`` image tokens per real image slot; the text comes
-from :mod:`rablip.models.prompts`. Decoder-only models: the target and EOS follow the prompt, and the
+from :mod:`rablip.models.prompts`. With ``images_after_prefix`` (the LLaVA family) the prefix specials
+open the row: ``[prefix specials] [question image tokens] ...``, each image block still followed by its
+reference line. Decoder-only models: the target and EOS follow the prompt, and the
 labels are -100 except on them; encoder-decoder models: the labels are the target and EOS alone.
 
 Truncation never cuts an image token or the prompt (which holds the question). When a row is longer
@@ -112,12 +114,14 @@ class PromptPacker:
         answer_from_choices: bool = False,
         prompt_template: str = "rablip",
         multi_image: str = "per_slot",
+        images_after_prefix: bool = False,
     ) -> None:
         """``max_input_length`` bounds the LLM input without the target (a decoder-only row can reach
         max_input_length + max_target_length tokens); ``max_target_length`` counts EOS.
         ``max_references``: later references of a QA sample are dropped (a warning is logged).
         ``answer_from_choices``: list a sample's options in the QA prompt (``rablip`` template).
-        ``prompt_template``: ``rablip`` or ``release`` (module docstring). ConfigError when a setting
+        ``prompt_template``: ``rablip`` or ``release`` (module docstring). ``images_after_prefix``: the
+        prefix specials open the row, before the first image block (LLaVA). ConfigError when a setting
         is out of range or the tokenizer lacks ``image_token`` or an EOS token."""
         if prompt_template not in prompts.PROMPT_TEMPLATES:
             raise ConfigError(f"prompt.template must be one of {prompts.PROMPT_TEMPLATES}, got {prompt_template!r}")
@@ -139,6 +143,7 @@ class PromptPacker:
         self.answer_from_choices = answer_from_choices
         self.prompt_template = prompt_template
         self.multi_image = multi_image
+        self.images_after_prefix = images_after_prefix
         self.image_token_id = self._lookup_image_token()
         self.prefix_ids, self.suffix_ids = _special_affixes(llm_tokenizer)
         if not is_encoder_decoder:
@@ -290,7 +295,7 @@ class PromptPacker:
         fixed = len(question_block) + len(self.prefix_ids) + len(prompt_ids) + len(self.suffix_ids)
         fixed += sum(len(block) + len(separator_ids) for block in blocks)
         lines = self._fit_lines(sample, lines, floors, fixed)
-        input_ids = question_block + self.prefix_ids
+        input_ids = self.prefix_ids + question_block if self.images_after_prefix else question_block + self.prefix_ids
         for block, line in zip(blocks, lines, strict=True):
             input_ids += block + line + separator_ids
         input_ids += prompt_ids + self.suffix_ids
@@ -356,6 +361,8 @@ class PromptPacker:
             )
             text_ids = text_ids[len(text_ids) - budget :] if budget > 0 else []
         slots = int(sample.image is not None) + sum(r.has_image for r in references)
-        input_ids = self.image_tokens(slots) + self.prefix_ids + text_ids + self.suffix_ids
+        images = self.image_tokens(slots)
+        opening = self.prefix_ids + images if self.images_after_prefix else images + self.prefix_ids
+        input_ids = opening + text_ids + self.suffix_ids
         target_ids = self._target_ids(text, self._tokens(text), target) if target is not None else None
         return self._row(sample, references, input_ids, target_ids, instructions)

@@ -188,7 +188,7 @@ def finetune(cfg: Config) -> int:
     # Run: accelerator and run directory; the base generator (main process first); seeds.
     accelerator, run_dir = start_run(cfg)
     with accelerator.main_process_first():
-        model = load_generator(cfg)
+        model = load_generator(cfg, for_training=True)  # + LoRA adapters on the LLM with model.lora.r > 0
     seed(cfg, accelerator)
     collator = build_collator(cfg, model, max_references(cfg))
 
@@ -218,6 +218,6 @@ def finetune(cfg: Config) -> int:
     except TrainingInterrupted as stop:
         return interrupted(stop)
 
-    # Artefact: the trainable weights beside a pointer to the base checkpoint.
+    # Artefact: the trainable weights (and LoRA adapter files) beside a pointer to the base checkpoint.
     return write_final(accelerator, run_dir, lambda out: model.save_pretrained(str(out), trainable_only=True),
                        "fine-tuning done", state.step)
