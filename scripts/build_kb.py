@@ -2,8 +2,8 @@
 
     python scripts/build_kb.py --config configs/experiment/okvqa_finetune.yaml [key=value ...]
 
-Reads ``data.kb.path`` (and ``data.kb.extra_paths``) in ``data.kb.format`` (jsonl, wit_tsv, webqa),
-checks every image path against ``data.kb.root`` and every id for uniqueness, and writes the store to
+Reads ``data.kb.path`` (and ``data.kb.extra_paths``) in ``data.kb.format`` (jsonl, wit_tsv, webqa, evqa_wiki,
+m2kr_parquet: M2KR's ``*_passages`` parquet files, the OK-VQA configs' knowledge base), checks every image path against ``data.kb.root`` and every id for uniqueness, and writes the store to
 ``data.kb.store_dir`` (which must not exist yet, or be empty). A failed or interrupted build leaves
 nothing at ``store_dir``.
 

@@ -7,6 +7,8 @@ okvqa, vqav2   :mod:`.okvqa`          ``predictions.json``: ``[{"question_id": i
 aokvqa         :mod:`.aokvqa`         ``predictions.json``: ``{question_id: {"multiple_choice", "direct_answer"}}``
 webqa          :mod:`.webqa`          ``predictions.json``: ``{guid: {"sources": [fact ids], "answer": str}}``
 infoseek       :mod:`.infoseek`       ``predictions.jsonl``: ``{"data_id": str, "prediction": str}`` per line
+evqa           :mod:`.evqa`           ``predictions.jsonl``: ``{"question_id": CSV row, "prediction": str}`` per line
+oven           :mod:`.oven`           ``predictions.jsonl``: ``{"data_id": str, "pred_entity_id": QID}`` per line
 =============  =====================  ====================================================================
 
 Each module holds a :class:`~rablip.benchmarks.base.Benchmark`: its split loader, prediction writer,
@@ -17,7 +19,7 @@ metrics. Adding a benchmark is one module plus its configs: write the module, ad
 
 from __future__ import annotations
 
-from rablip.benchmarks import aokvqa, infoseek, okvqa, webqa
+from rablip.benchmarks import aokvqa, evqa, infoseek, okvqa, oven, webqa
 from rablip.benchmarks.base import Answer, Benchmark
 from rablip.config.schema import DataConfig, SplitConfig
 from rablip.data.records import QAExample
@@ -29,6 +31,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "aokvqa": aokvqa.BENCHMARK,
     "webqa": webqa.BENCHMARK,
     "infoseek": infoseek.BENCHMARK,
+    "evqa": evqa.BENCHMARK,
+    "oven": oven.BENCHMARK,
 }
 """``data.dataset`` -> its benchmark (several names may share one: VQAv2 has OK-VQA's format, and the
 synthetic world writes OK-VQA files, so it is ``okvqa``)."""

@@ -1,10 +1,12 @@
 """``rablip-score``: score a prediction file with the official metric of its benchmark.
 
 Subcommands: one per benchmark of :data:`rablip.benchmarks.BENCHMARKS` (``okvqa`` with alias
-``vqav2``, ``aokvqa``, ``webqa``, ``infoseek``), whose module adds its file arguments. The scores are
+``vqav2``, ``aokvqa``, ``webqa``, ``infoseek``, ``evqa``, ``oven``), whose module adds its file arguments. The scores are
 printed as JSON and, with ``--output``, written atomically to a file. Predictions for ids the
 reference data lack are ignored with one warning (as the official A-OKVQA and InfoSeek scripts do);
-``--strict`` refuses them. A user error (a malformed or mismatched file) prints one ``error: ...``
+``--strict`` refuses them (``oven`` always refuses them: the official OVEN script fails on them;
+``oven`` takes one or more ``--references`` and ``--predictions`` files and prints ``final``,
+``query_score``, ``entity_score`` and the four seen/unseen accuracies). A user error (a malformed or mismatched file) prints one ``error: ...``
 line and exits with code 2.
 """
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from rablip.config.checks import ConfigValueError, check_choice, check_positive, check_range
 
-DATASETS = ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek")
+DATASETS = ("okvqa", "vqav2", "aokvqa", "webqa", "infoseek", "evqa", "oven")
 """data.dataset choices: the keys of rablip.benchmarks.BENCHMARKS (a literal here: config sits below
 benchmarks; tests/benchmarks/test_registry.py checks that the two agree)."""
 
@@ -18,7 +18,7 @@ class SplitConfig:
     """Files of one split, in the benchmark's official format."""
 
     path: str = ""
-    """Main file: OK-VQA/VQAv2 questions json, A-OKVQA json, WebQA json, InfoSeek jsonl."""
+    """Main file: OK-VQA/VQAv2 questions json, A-OKVQA json, WebQA json, InfoSeek jsonl, Encyclopedic-VQA csv."""
     annotations: str = ""
     """OK-VQA/VQAv2 annotations json (empty for test-style splits)."""
     qtypes: str = ""
@@ -30,13 +30,31 @@ class SplitConfig:
     split: str = ""
     """Split name inside a shared file (WebQA's train/val)."""
     image_pattern: str = "{image_id}.jpg"
-    """InfoSeek: image file name under image_root, formatted with the record's image_id."""
+    """InfoSeek, OVEN: image file name under image_root, formatted with the record's image_id."""
+    extra_paths: list[str] = field(default_factory=list)
+    """Further files of the split in the same format, read after ``path`` (OVEN: the query file,
+    oven_query_val.jsonl, beside the entity file in ``path``: the official score needs both)."""
+    entities: str = ""
+    """OVEN: the Wiki6M entity list (Wiki6M_ver_1_0.jsonl.gz or its title-only JSONL) over which the
+    generated entity names are mapped to the Wikidata QIDs the official metric scores (exact title,
+    else BM25 top-1: rablip.evaluation.entity_linking)."""
+    inat_root: str = ""
+    """Encyclopedic-VQA: the iNaturalist 2021 directory that the annotation files' file_name entries are under."""
+    inat_annotations: list[str] = field(default_factory=list)
+    """Encyclopedic-VQA: iNaturalist 2021 annotation files (train.json, val.json) that map an image id to its
+    file_name; streamed, only the split's ids kept. Needed when the split has iNaturalist questions."""
+    landmarks_root: str = ""
+    """Encyclopedic-VQA: the Google Landmarks v2 image directory (images at root/id[0]/id[1]/id[2]/{id}.jpg).
+    Needed when the split has Landmarks questions."""
 
 
 @dataclass
 class KBConfig:
     format: str = "jsonl"
-    """Input format: jsonl (generic knowledge-base JSONL), wit_tsv, or webqa (facts of WebQA json)."""
+    """Input format: jsonl (generic knowledge-base JSONL), wit_tsv, webqa (facts of WebQA json), or evqa_wiki
+    (Encyclopedic-VQA's encyclopedic_kb_wiki.json, streamed: one item per section and one per image), or
+    m2kr_parquet (a parquet file of M2KR's ``*_passages`` configs, e.g. OKVQA_passages: one text item per
+    row, ``passage_id``/``passage_content``/``title``; rablip/data/m2kr_passages.py)."""
     path: str = ""
     """Input file of the knowledge base."""
     root: str = ""
@@ -54,6 +72,10 @@ class KBConfig:
     webqa_images_tsv: str = ""
     """WebQA imgs.tsv (its imgs.lineidx beside it) for image facts. The store refers to the images by
     id and reads them from this file when they are used: it holds no copy of the TSV."""
+    evqa_image_map: str = ""
+    """evqa_wiki: a TSV of ``image URL<TAB>path`` (path under data.kb.root) for the pages' images. Empty: images
+    stay URLs (kept, but unusable until fetched). Set: mapped images get their local path, unmapped ones are left
+    out (their section becomes a text item); an empty file builds a text-only store."""
     extra_paths: list[str] = field(default_factory=list)
     """Further input files in ``format``, read after ``path`` into the same store (WebQA: WebQA_test.json,
     so that the test questions' sources are in the store too; a fact listed in both files is stored once)."""
@@ -64,29 +86,40 @@ class KBConfig:
     leave those facts out of the store."""
 
     def __post_init__(self) -> None:
-        check_choice("data.kb.format", self.format, ("jsonl", "wit_tsv", "webqa"))
+        check_choice("data.kb.format", self.format, ("jsonl", "wit_tsv", "webqa", "evqa_wiki", "m2kr_parquet"))
         check_choice("data.kb.on_missing", self.on_missing, ("error", "skip"))
 
 
 @dataclass
 class ExtraPairsConfig:
-    """Extra pre-training pairs from a JSONL file (any dataset), added to run_pretrain's knowledge-item
-    and question pairs. One JSON object per line: ``{"image": query image path, "question": text,
-    "item": target}``. ``image`` is relative to the file's directory (and stays inside it); ``question``
-    may be empty or absent: then each epoch draws a random training question that an item of the
+    """Extra pre-training pairs (any dataset), added to run_pretrain's knowledge-item and question pairs:
+    a JSONL file, JSONL shards or WebDataset tar shards (``format``). JSONL: one JSON object per line,
+    ``{"image": query image path, "question": text, "item": target}``. ``image`` is relative to the
+    file's directory (and stays inside it); ``question`` may be empty or absent: then each epoch draws a random training question that an item of the
     target's kind answers (a text item: a question with a relevant text item; an item with an image:
     one with a relevant image item); ``item`` is the target knowledge item as a knowledge-base JSONL
     record (``id``, ``text``, ``title``, optional ``image`` relative to the file's directory), which need
     not be in the knowledge base. Epoch e's extra pair i is record (e x extra + i) mod N of the file's
-    N records, so no record repeats until all were used."""
+    N records, so no record repeats until all were used. Shards (a directory or a brace pattern) are
+    streamed instead: each process and DataLoader worker reads shards of its own, in an order that follows
+    from the step count, so a resumed run goes on from the sample it stopped at without reading the
+    shards it had finished (rablip/data/pair_shards.py, rablip/training/stream_slots.py)."""
 
     path: str = ""
-    """The JSONL file; empty: no extra pairs."""
+    """A JSONL file; or a directory of shards (``*.jsonl``, or ``*.tar`` with ``format: webdataset``), or a
+    brace pattern such as ``cc3m/{00000..00099}.tar``. Empty: no extra pairs."""
+    format: str = "jsonl"
+    """jsonl: extra-pairs records, one per line (a file is read whole when the run starts, shards are
+    streamed); webdataset: tar shards of image-text samples (an image .jpg/.png/.webp with a .txt caption
+    or a .json holding ``caption`` and optionally ``question``, ``title``, ``id``; img2dataset's output),
+    the caption being a text target (rablip/data/webdataset_pairs.py). Processes x max(1, data.num_workers)
+    must not exceed the number of shards; ``sizes.json`` beside the shards saves counting them."""
     share: float = 0.0
     """Share of all pre-training pairs (real and extra) that are extra pairs, per epoch. 0: none."""
 
     def __post_init__(self) -> None:
         check_range("data.extra_pairs.share", self.share, 0.0, 0.9)
+        check_choice("data.extra_pairs.format", self.format, ("jsonl", "webdataset"))
         if self.share and not self.path:
             raise ConfigValueError("data.extra_pairs.path", "is empty; data.extra_pairs.share > 0 needs the file")
 
@@ -94,10 +127,10 @@ class ExtraPairsConfig:
 @dataclass
 class DataConfig:
     dataset: str = "okvqa"
-    """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek."""
+    """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek, oven, evqa."""
     root: str = ""
     """Directory the dataset's files are under: a relative path in data.{train,val,test,replay}.{path,
-    annotations,qtypes,image_root}, data.extra_pairs.path and data.kb.{path,extra_paths,root,store_dir,webqa_images_tsv}
+    annotations,qtypes,image_root,extra_paths,entities,inat_root,inat_annotations,landmarks_root}, data.extra_pairs.path and data.kb.{path,extra_paths,root,store_dir,webqa_images_tsv,evqa_image_map}
     resolves under it (once, when the config is loaded: config.yaml holds the resolved paths). Empty: the
     working directory. Other keys may interpolate it, e.g. ``model.checkpoint: ${data.root}/model``."""
     train: SplitConfig = field(default_factory=SplitConfig)

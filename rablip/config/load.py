@@ -255,8 +255,10 @@ def build_config(layers: list[Layer]) -> Config:
 
 DATA_PATH_KEYS = (
     *(f"{split}.{key}" for split in ("train", "val", "test", "replay")
-      for key in ("path", "annotations", "qtypes", "image_root")),
+      for key in ("path", "annotations", "qtypes", "image_root", "inat_root", "inat_annotations", "landmarks_root",
+                  "extra_paths", "entities")),
     "extra_pairs.path", "kb.path", "kb.extra_paths", "kb.root", "kb.store_dir", "kb.webqa_images_tsv",
+    "kb.evqa_image_map",
 )
 """The ``data.`` keys whose relative paths resolve under ``data.root``."""
 
@@ -281,7 +283,7 @@ def resolve_data_paths(cfg: Config) -> Config:
         for part in section.split("."):
             owner = getattr(owner, part)
         value = getattr(owner, name)
-        if isinstance(value, list):  # a list of paths (data.kb.extra_paths)
+        if isinstance(value, list):  # a list of paths (data.kb.extra_paths, data.<split>.extra_paths)
             setattr(owner, name, [_under_root(root, each) for each in value])
         else:
             setattr(owner, name, _under_root(root, value))

@@ -11,7 +11,9 @@ One JSON object per line::
   ``title``, optional ``image`` relative to the file's directory); it need not be in the knowledge base.
 
 The whole file is checked when it is opened (a bad record is a DataError naming the file and line);
-images are decoded when a pair is loaded, through :class:`~rablip.data.images.ImageLoader`.
+images are decoded when a pair is loaded, through :class:`~rablip.data.images.ImageLoader`. A corpus too
+large to hold in memory is split into JSONL shards (or WebDataset tar shards) and streamed instead
+(:mod:`rablip.data.pair_shards`).
 """
 
 from __future__ import annotations
@@ -67,18 +69,23 @@ def read_extra_pairs(path: str | os.PathLike) -> list[ExtraPair]:
     """Every record of an extra-pairs file, checked; an empty file or a bad record is a DataError."""
     path = Path(path)
     root = path.parent
-    pairs = []
-    for line, record in iter_jsonl_with_lines(path, WHAT):
-        where = f"{WHAT} {path}, line {line}"
-        require_keys(record, {"image": str, "item": dict}, where)
-        check_image_reference(record["image"], where, root)
-        question = record.get("question", "")
-        check_type(question, str, where, "question")
-        item = kb_item_from_record(record["item"], f"{where}, 'item'", source=path.name, kb_root=root)
-        pairs.append(ExtraPair(record["image"], question.strip(), item, line))
+    pairs = [pair_from_record(record, f"{WHAT} {path}, line {line}", root, line, path.name)
+             for line, record in iter_jsonl_with_lines(path, WHAT)]
     if not pairs:
         raise DataError(f"{WHAT} {path} holds no records; write one pair per line or set data.extra_pairs.share=0.")
     return pairs
+
+
+def pair_from_record(record: object, where: str, root: Path, line: int, source: str) -> ExtraPair:
+    """One extra-pairs record, checked (image path inside ``root``, the item a KB record); ``where``
+    (file and line) starts every error message; ``source`` (the file name) is the item's. The JSONL
+    shards of a sharded corpus are read with it too (:mod:`rablip.data.pair_shards`)."""
+    require_keys(record, {"image": str, "item": dict}, where)
+    check_image_reference(record["image"], where, root)
+    question = record.get("question", "")
+    check_type(question, str, where, "question")
+    item = kb_item_from_record(record["item"], f"{where}, 'item'", source=source, kb_root=root)
+    return ExtraPair(record["image"], question.strip(), item, line)
 
 
 def questions_by_kind(question_kinds: Iterable[tuple[str, Iterable[str]]]) -> dict[str, list[str]]:

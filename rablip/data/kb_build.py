@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rablip.data.evqa_kb import iter_evqa_wiki, read_image_map
 from rablip.data.kb_sources import TsvColumns, iter_kb_jsonl, iter_kb_tsv
 from rablip.data.kb_writer import build_kb_store
+from rablip.data.m2kr_passages import count_passages, iter_m2kr_passages
 from rablip.data.records import KBItem
 from rablip.data.webqa import ImageTSV
 from rablip.data.webqa_kb import webqa_store_items
 from rablip.errors import ConfigError, DataError
 
-KB_FORMATS = ("jsonl", "wit_tsv", "webqa")
+KB_FORMATS = ("jsonl", "wit_tsv", "webqa", "evqa_wiki", "m2kr_parquet")
 _COUNT_CHUNK_BYTES = 1 << 20
 
 
@@ -93,6 +95,12 @@ def kb_items_from_config(kb_cfg: Any) -> tuple[Iterator[KBItem], int | None]:
         items = itertools.chain.from_iterable(
             iter_kb_tsv(each, columns, has_header=kb_cfg.wit_has_header, kb_root=kb_root) for each in paths)
         return items, total
+    if kb_cfg.format == "evqa_wiki":  # one JSON object of pages, streamed page by page
+        image_map = read_image_map(kb_cfg.evqa_image_map) if getattr(kb_cfg, "evqa_image_map", "") else None
+        return iter_evqa_wiki(paths, image_map=image_map), None
+    if kb_cfg.format == "m2kr_parquet":  # M2KR *_passages parquet files, read in record batches
+        total = sum(count_passages(each) for each in paths)
+        return itertools.chain.from_iterable(iter_m2kr_passages(each) for each in paths), total
     return _webqa_items(kb_cfg, paths), None
 
 

@@ -14,7 +14,10 @@ Training pairs (query, item):
   the target;
 - extra pairs (``data.extra_pairs``): records of a JSONL file (:mod:`rablip.data.extra_pairs`), a
   ``share`` of all pairs, a new record for each extra pair of each epoch (the synthetic world's are
-  renderings of invented creatures with their fact texts or captions, written by make_synthetic).
+  renderings of invented creatures with their fact texts or captions, written by make_synthetic); or
+  samples of a sharded corpus, WebDataset tar shards of image-text pairs or JSONL shards, streamed, each
+  process and worker reading shards of its own, resumed from the step count
+  (:mod:`rablip.data.pair_shards`, :mod:`rablip.training.stream_slots`).
 The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
 ``train.stage=rerank`` trains the re-ranker head on that encoder instead (:mod:`rablip.stages.rerank`).
 """
@@ -36,6 +39,7 @@ from rablip.config.schema import Config
 from rablip.data.extra_pairs import ExtraPairs, questions_by_kind
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
+from rablip.data.pair_shards import ShardedPairs, is_sharded
 from rablip.data.records import KBItem, QAExample
 from rablip.evaluation.retrieval_metrics import retrieval_scores
 from rablip.models.factory import build_retrieval_encoder, load_generator
@@ -46,6 +50,7 @@ from rablip.retrieval.embed import embed_item_batches, embed_questions
 from rablip.stages.rerank import train_reranker
 from rablip.stages.runtime import interrupted, seed, start_run, write_final
 from rablip.training.objectives import RetrievalPretrainingLoss
+from rablip.training.stream_slots import SlotStreams, StreamedPairs
 from rablip.training.trainer import TrainingInterrupted, train
 from rablip.utils.logging import get_logger
 
@@ -109,21 +114,32 @@ def new_view(image, rng: np.random.Generator):
     return canvas.rotate(angle, translate=shift, fillcolor=image.getpixel((0, 0)))
 
 
-def extra_pairs(cfg: Config, real_pairs: int) -> tuple[ExtraPairs | None, int]:
-    """The records of ``data.extra_pairs.path`` and how many extra pairs to add to ``real_pairs`` per
-    epoch (``data.extra_pairs.share`` of all); (None, 0) when there are none."""
-    share = cfg.data.extra_pairs.share
-    if share == 0:
+def extra_pairs(cfg: Config, real_pairs: int, world_size: int = 1) -> tuple[ExtraPairs | StreamedPairs | None, int]:
+    """The extra pairs of ``data.extra_pairs`` and how many to add to ``real_pairs`` per epoch
+    (``data.extra_pairs.share`` of all); (None, 0) when there are none. A JSONL file is read whole
+    (:class:`ExtraPairs`); shards (``format=webdataset``, or a directory or brace pattern of JSONL files)
+    are streamed, dealt to ``world_size`` processes x max(1, ``data.num_workers``) workers
+    (:class:`StreamedPairs`)."""
+    pc = cfg.data.extra_pairs
+    if pc.share == 0:
         return None, 0
-    return ExtraPairs(cfg.data.extra_pairs.path, cfg.data.on_bad_image), round(real_pairs * share / (1.0 - share))
+    extra = round(real_pairs * pc.share / (1.0 - pc.share))
+    if pc.format == "jsonl" and not is_sharded(pc.path):
+        return ExtraPairs(pc.path, cfg.data.on_bad_image), extra
+    slots = SlotStreams(real_pairs + extra, real_pairs, cfg.train.batch_size, world_size=world_size,
+                        workers=cfg.data.num_workers, seed=cfg.run.seed)
+    shards = ShardedPairs(pc.path, pc.format, slots.streams, cfg.run.seed, cfg.data.on_bad_image)
+    return StreamedPairs(shards, slots), extra
 
 
 class PairDataset(Dataset):
     """Indexed by ``(pair index, epoch)``: the query image, question, target item and its image. Index
     ``len(pairs) + i`` of epoch e is record (e x extra + i) mod N of ``extra_records`` (N records), so a
-    record repeats only after all N were used; an empty question there is drawn as for entity pairs."""
+    record repeats only after all N were used, or, for a streamed corpus, the sample the step order gives
+    that slot; an empty question there is drawn as for entity pairs."""
 
-    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore, extra_records: ExtraPairs | None = None,
+    def __init__(self, cfg: Config, pairs: list[Pair], kb: KBStore,
+                 extra_records: ExtraPairs | StreamedPairs | None = None,
                  extra: int = 0) -> None:
         self.cfg, self.pairs, self.kb, self.extra_records = cfg, pairs, kb, extra_records
         self.extra = extra if extra_records is not None else 0
@@ -139,8 +155,11 @@ class PairDataset(Dataset):
         index, epoch = key
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         if index >= len(self.pairs):
-            record = (epoch * self.extra + index - len(self.pairs)) % len(self.extra_records)
-            query_image, question, item, item_image = self.extra_records.load(record)
+            if isinstance(self.extra_records, StreamedPairs):
+                query_image, question, item, item_image = self.extra_records.load(index, epoch)
+            else:
+                record = (epoch * self.extra + index - len(self.pairs)) % len(self.extra_records)
+                query_image, question, item, item_image = self.extra_records.load(record)
             return query_image, question or self.question_for(rng, item_kind(item)), item, item_image
         pair = self.pairs[index]
         item = self.kb[pair.item_ids[int(rng.integers(len(pair.item_ids)))]]
@@ -290,7 +309,7 @@ def pretrain(cfg: Config) -> int:
     # Data: (query, item) pairs from the knowledge base and the training questions.
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
     pairs = build_pairs(load_split(cfg.data, "train"), kb, cfg.train.item_pairs)
-    extra_records, extra = extra_pairs(cfg, len(pairs))
+    extra_records, extra = extra_pairs(cfg, len(pairs), accelerator.num_processes)
     log.info("pre-training pairs: %d (knowledge items and training questions)%s", len(pairs),
              f" and {extra} from {cfg.data.extra_pairs.path} per epoch" if extra else "")
     evaluate = make_retrieval_evaluator(cfg, batcher, kb) if cfg.data.val.path else None

@@ -44,6 +44,11 @@ class StepOrderSampler(Sampler[list[tuple[int, int]]]):
             self._epoch_cache = (epoch, order)
         return self._epoch_cache[1]
 
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The example indices of epoch ``epoch`` in the order drawn (rank r takes the r-th slice of
+        each run of ``global_batch`` of them; the incomplete last run is dropped)."""
+        return self._permutation(epoch)
+
     def batch_at(self, micro_step: int) -> list[tuple[int, int]]:
         epoch, position = divmod(micro_step, self.per_epoch)
         begin = position * self.global_batch + self.rank * self.batch_size

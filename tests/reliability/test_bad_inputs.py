@@ -316,6 +316,26 @@ def infoseek_malformed_jsonl(tmp: Path) -> list[str]:
     return ["infoseek", "--references", str(tmp / "references.jsonl"), "--predictions", str(tmp / "predictions.jsonl")]
 
 
+def _oven_args(tmp: Path, second_prediction: dict) -> list[str]:
+    references = [{"data_id": "1", "entity_id": "Q31", "data_split": "query_val_seen"},
+                  {"data_id": "2", "entity_id": "Q32", "data_split": "query_val_unseen"}]
+    _write(tmp / "references.jsonl", _jsonl(*references))
+    _write(tmp / "predictions.jsonl", _jsonl({"data_id": "1", "pred_entity_id": "Q31"}, second_prediction))
+    return ["oven", "--references", str(tmp / "references.jsonl"), "--predictions", str(tmp / "predictions.jsonl")]
+
+
+def oven_prediction_without_entity(tmp: Path) -> list[str]:
+    return _oven_args(tmp, {"data_id": "2"})
+
+
+def oven_prediction_without_id(tmp: Path) -> list[str]:
+    return _oven_args(tmp, {"pred_entity_id": "Q32"})
+
+
+def oven_unknown_id(tmp: Path) -> list[str]:
+    return _oven_args(tmp, {"data_id": "3", "pred_entity_id": "Q32"})
+
+
 def webqa_missing_answer(tmp: Path) -> list[str]:
     data = {"g": {"Q": "q", "A": ['"Red."'], "Qcate": "color", "Keywords_A": "red", "split": "val",
                   "txt_posFacts": [{"snippet_id": "s", "fact": "f"}], "img_posFacts": []}}
@@ -510,6 +530,12 @@ CASES = [
              ("{tmp}/predictions.json", "multiple_choice")),
     BadInput("InfoSeek malformed JSONL predictions", "score", infoseek_malformed_jsonl,
              ("{tmp}/predictions.jsonl", "line 2")),
+    BadInput("OVEN prediction without its entity", "score", oven_prediction_without_entity,
+             ("{tmp}/predictions.jsonl", "line 2", "'pred_entity_id'")),
+    BadInput("OVEN prediction without its id", "score", oven_prediction_without_id,
+             ("{tmp}/predictions.jsonl", "line 2", "'data_id'")),
+    BadInput("OVEN prediction with an unknown id", "score", oven_unknown_id,
+             ("{tmp}/predictions.jsonl", "line 2", "'3'", "not in the reference files")),
     BadInput("WebQA prediction missing its answer", "score", webqa_missing_answer,
              ("{tmp}/predictions.json", "'answer'")),
     # evaluation
