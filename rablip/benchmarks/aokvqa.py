@@ -131,7 +131,7 @@ class AOKVQA(Benchmark):
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return any(ex.answers or ex.correct_choice_idx is not None for ex in examples)
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
         document = {}
         for a in answers:
             document[a.question_id] = {"direct_answer": a.text}

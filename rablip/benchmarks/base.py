@@ -68,8 +68,8 @@ class Benchmark:
         """Where a run writes its prediction file: ``run_dir / (stem + predictions_suffix)``."""
         return Path(run_dir) / f"{stem}{self.predictions_suffix}"
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
-        """Write ``answers`` atomically in the official format; returns ``path``."""
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
+        """Write ``answers`` to the questions of ``split`` atomically in the official format; returns ``path``."""
         raise NotImplementedError
 
     # --- scores -------------------------------------------------------------------------------------

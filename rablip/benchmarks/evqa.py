@@ -74,7 +74,7 @@ class EncyclopedicVQA(Benchmark):
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return any(ex.answers for ex in examples)
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
         lines = [json.dumps({"question_id": int(a.question_id), "prediction": a.text}) for a in answers]
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         return path

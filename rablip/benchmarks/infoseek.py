@@ -124,7 +124,7 @@ class InfoSeek(Benchmark):
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return any(ex.answers or ex.extra.get("answer_eval") is not None for ex in examples)
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
         lines = [json.dumps({"data_id": a.question_id, "prediction": a.text}) for a in answers]
         atomic_write_text(path, "\n".join(lines) + "\n")
         return path

@@ -154,7 +154,7 @@ class OKVQA(Benchmark):
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return bool(split.annotations)
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
         atomic_write_json(path, [{"question_id": int(a.question_id), "answer": a.text} for a in answers], indent=None)
         return path
 

@@ -87,8 +87,6 @@ class OVEN(Benchmark):
     score_help = "OVEN entity accuracy (harmonic mean of the query and entity splits' seen/unseen means)"
 
     def __init__(self) -> None:
-        self.entity_list = ""
-        """The entity list of the split last loaded: :meth:`write_predictions` maps answers over it."""
         self._linkers: dict[str, EntityLinker] = {}
 
     def linker(self, entity_list: str) -> EntityLinker:
@@ -102,14 +100,13 @@ class OVEN(Benchmark):
         return self._linkers[entity_list]
 
     def load(self, split: SplitConfig) -> list[QAExample]:
-        self.entity_list = split.entities
         return load_oven(split_files(split), split.image_root, split.image_pattern)
 
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return any("entity_id" in ex.extra for ex in examples)
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
-        qids = self.linker(self.entity_list).link([answer.text for answer in answers])
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
+        qids = self.linker(split.entities).link([answer.text for answer in answers])
         unmapped = sum(qid == NO_ENTITY for qid in qids)
         if unmapped:
             log.warning("OVEN: %d of %d answer(s) share no word with any entity title and are written with an "

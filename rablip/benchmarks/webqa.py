@@ -116,7 +116,7 @@ class WebQA(Benchmark):
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return any(ex.answers for ex in examples)
 
-    def write_predictions(self, path: Path, answers: Sequence[Answer]) -> Path:
+    def write_predictions(self, path: Path, answers: Sequence[Answer], split: SplitConfig) -> Path:
         document = {a.question_id: {"sources": [i for i, _ in a.references[:self.chosen_sources]], "answer": a.text}
                     for a in answers}
         atomic_write_json(path, document, indent=None)

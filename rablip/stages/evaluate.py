@@ -231,7 +231,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
     """Predictions, scores, metrics.json and the report (main process)."""
     dataset, split_cfg = cfg.data.dataset, getattr(cfg.data, cfg.eval.split)
     benchmark = get_benchmark(dataset)
-    path = benchmark.write_predictions(benchmark.predictions_file(run_dir), answers)
+    path = benchmark.write_predictions(benchmark.predictions_file(run_dir), answers, split_cfg)
     log.info("predictions written to %s", path)
     metrics: dict = {"dataset": dataset, "split": cfg.eval.split, "num_questions": len(examples)}
     if cfg.retrieval.source in RETRIEVED_SOURCES:
@@ -248,7 +248,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
             metrics["accuracy_vs_k"] = {str(cfg.retrieval.k): metrics["main_score"]}
             for other, other_answers in sweep_answers.items():
                 other_path = benchmark.write_predictions(benchmark.predictions_file(run_dir, f"predictions_k{other}"),
-                                                         other_answers)
+                                                         other_answers, split_cfg)
                 metrics["accuracy_vs_k"][str(other)] = benchmark.main_score(
                     benchmark.score(other_path, split_cfg, lemmatize=cfg.eval.lemmatize))
             metrics["accuracy_vs_k"] = dict(sorted(metrics["accuracy_vs_k"].items(), key=lambda kv: int(kv[0])))

@@ -100,7 +100,7 @@ def test_round_trip_through_the_registry(split, tmp_path):
     benchmark = BENCHMARKS["evqa"]
     assert benchmark.is_labelled(split, examples)
     answers = [Answer("0", "Forty metres."), Answer("1", "1900"), Answer("2", "white and red")]
-    path = benchmark.write_predictions(benchmark.predictions_file(tmp_path), answers)
+    path = benchmark.write_predictions(benchmark.predictions_file(tmp_path), answers, split)
     assert path == tmp_path / "predictions.jsonl"
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"question_id": 0, "prediction": "Forty metres."}, {"question_id": 1, "prediction": "1900"},

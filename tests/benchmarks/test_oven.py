@@ -76,10 +76,9 @@ def test_bad_split_files(tmp_path):
 def test_round_trip_maps_generated_names_to_qids(tmp_path):
     split = _split(tmp_path)
     benchmark = BENCHMARKS["oven"]
-    benchmark.load(split)
     answers = [Answer("oven_entity_val_00000000", "belgium"), Answer("oven_entity_val_00000001", "the planet mercury"),
                Answer("oven_query_val_00000000", "Paris"), Answer("oven_query_val_00000001", "a grey wolf")]
-    path = benchmark.write_predictions(benchmark.predictions_file(tmp_path), answers)
+    path = benchmark.write_predictions(benchmark.predictions_file(tmp_path), answers, split)
     assert path == tmp_path / "predictions.jsonl"
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"data_id": "oven_entity_val_00000000", "pred_entity_id": "Q31"},  # exact title
@@ -99,7 +98,7 @@ def test_round_trip_maps_generated_names_to_qids(tmp_path):
 
 def test_writing_predictions_needs_the_entity_list(tmp_path):
     benchmark = BENCHMARKS["oven"]
-    benchmark.load(_split(tmp_path, with_entities=False))
     with pytest.raises(ConfigError, match=r"data.<split>.entities is empty"):
-        benchmark.write_predictions(tmp_path / "p.jsonl", [Answer("oven_entity_val_00000000", "Belgium")])
+        benchmark.write_predictions(tmp_path / "p.jsonl", [Answer("oven_entity_val_00000000", "Belgium")],
+                                    _split(tmp_path, with_entities=False))
     assert not (tmp_path / "p.jsonl").exists()

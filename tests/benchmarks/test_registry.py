@@ -40,7 +40,7 @@ def test_load_split_reads_the_configured_files(tmp_path):
 def _round_trip(name, split, answers, tmp_path):
     benchmark = BENCHMARKS[name]
     examples = benchmark.load(split)
-    path = benchmark.write_predictions(benchmark.predictions_file(tmp_path), answers)
+    path = benchmark.write_predictions(benchmark.predictions_file(tmp_path), answers, split)
     assert path == tmp_path / f"predictions{benchmark.predictions_suffix}"
     assert benchmark.is_labelled(split, examples)
     scores = benchmark.score(path, split)
