@@ -25,13 +25,12 @@ from rablip.models.freezing import apply_trainable_modules
 from rablip.models.llava_config import RABLIP_LLAVA_FIELDS, RablipLlavaConfig, llava_config_from_transformers
 from rablip.models.loading import (
     FULL_WEIGHTS_FILES,
-    TRAINABLE_WEIGHTS_FILE,
     CheckpointError,
     _load_with_transformers,
-    load_trainable_weights,
+    overlay_trainable,
     read_config_dict,
+    resolve_base_checkpoint,
 )
-from rablip.models.lora import merge_lora_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -91,20 +90,8 @@ def load_llava_pretrained(
 def _load_trainable(cls, path: Path, config_dict: dict[str, Any], overrides: dict[str, Any],
                     hf_kwargs: dict[str, Any], depth: int):
     """The base checkpoint, the trainable weights laid over it, then its LoRA adapter merged (if any)."""
-    base = overrides.pop("base_checkpoint", None) or config_dict.get("base_checkpoint")
-    base_path = Path(base).expanduser()
-    if not base_path.is_absolute():
-        base_path = (path / base_path).resolve()
-    if not base_path.is_dir():
-        raise CheckpointError(
-            f"{path / 'config.json'}: base_checkpoint {base_path} does not exist; pass base_checkpoint=... "
-            "(model.base_checkpoint) to point at the moved base dir"
-        )
+    base_path = resolve_base_checkpoint(path, config_dict, overrides)
     fields = {key: config_dict[key] for key in RABLIP_LLAVA_FIELDS if key in config_dict and key != "base_checkpoint"}
     fields.update(overrides)
     model = load_llava_pretrained(cls, base_path, _depth=depth + 1, **hf_kwargs, **fields)
-    load_trainable_weights(model, path / TRAINABLE_WEIGHTS_FILE)
-    # A merged adapter changed the (frozen) LLM: a later trainable-only save must build on this dir.
-    merged = merge_lora_adapter(model, path)
-    model.config.base_checkpoint = str(path if merged else base_path)
-    return model
+    return overlay_trainable(model, path, base_path)

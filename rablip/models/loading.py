@@ -230,7 +230,9 @@ def load_pretrained(
     return model
 
 
-def _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, depth):
+def resolve_base_checkpoint(path: Path, config_dict: dict[str, Any], overrides: dict[str, Any]) -> Path:
+    """The base dir of trainable-only checkpoint ``path`` (an override first; a relative path is taken
+    from ``path``); pops ``base_checkpoint`` from ``overrides``. CheckpointError when none or missing."""
     base = overrides.pop("base_checkpoint", None) or config_dict.get("base_checkpoint")
     if not base:
         raise CheckpointError(f"{path / 'config.json'}: a trainable-only checkpoint needs base_checkpoint")
@@ -242,14 +244,25 @@ def _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, dep
             f"{path / 'config.json'}: base_checkpoint {base_path} does not exist; pass base_checkpoint=... "
             "(model.base_checkpoint) to point at the moved base dir"
         )
-    rablip_fields = {key: config_dict[key] for key in RABLIP_FIELDS if key in config_dict and key != "base_checkpoint"}
-    rablip_fields.update(overrides)
-    model = load_pretrained(cls, base_path, _depth=depth + 1, **hf_kwargs, **rablip_fields)
+    return base_path
+
+
+def overlay_trainable(model: torch.nn.Module, path: Path, base_path: Path) -> torch.nn.Module:
+    """Lay trainable-only checkpoint ``path``'s weights over ``model`` (loaded from ``base_path``), merge its
+    LoRA adapter if it has one, and record the dir a later trainable-only save builds on."""
     load_trainable_weights(model, path / TRAINABLE_WEIGHTS_FILE)
     # A merged adapter changed the (frozen) LLM: a later trainable-only save must build on this dir.
     merged = merge_lora_adapter(model, path)
     model.config.base_checkpoint = str(path if merged else base_path)
     return model
+
+
+def _load_trainable_checkpoint(cls, path, config_dict, overrides, hf_kwargs, depth):
+    base_path = resolve_base_checkpoint(path, config_dict, overrides)
+    rablip_fields = {key: config_dict[key] for key in RABLIP_FIELDS if key in config_dict and key != "base_checkpoint"}
+    rablip_fields.update(overrides)
+    model = load_pretrained(cls, base_path, _depth=depth + 1, **hf_kwargs, **rablip_fields)
+    return overlay_trainable(model, path, base_path)
 
 
 def load_trainable_weights(model: torch.nn.Module, weights_file: Path) -> None:
