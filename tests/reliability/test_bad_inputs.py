@@ -18,55 +18,24 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rablip.benchmarks.cli import score_main
-from rablip.retrieval import search
 from rablip.retrieval.index import build_index
 from rablip.synthetic.build import build_tiny_checkpoint, tiny_architecture
-from rablip.synthetic.webqa_files import write_webqa
 from rablip.utils.cli import run_main
-from tests.benchmarks.test_webqa import _train_val, _write_tsv
 from tests.data.image_fixtures import noisy_jpeg
-from tests.evaluation.test_score_cli import _vqa_files
+from tests.reliability.bad_input import BadInput, check_bad_input
+from tests.reliability.bad_input import jsonl as _jsonl
+from tests.reliability.bad_input import write_file as _write
 from tests.reliability.conftest import FINETUNE_CONFIG, ROOT, FinetuneWorld, entry_main
 
-BASE_CONFIG = str(ROOT / "configs" / "base.yaml")
 EVAL_CONFIG = ROOT / "configs" / "experiment" / "synthetic_eval.yaml"
 RUN_DIR_FILES = ("run", "run/config.yaml", "run/checkpoints")
 """What a run that failed on its data may leave: its run directory with the resolved config."""
 EVAL_RUN_DIR_FILES = ("run", "run/config.yaml")
-
-
-@dataclass(frozen=True)
-class BadInput:
-    """One row of the table."""
-
-    name: str
-    entry: str
-    """Key of :data:`ENTRY_POINTS`."""
-    build: Callable[..., list[str]]
-    """``build(tmp)`` (or ``build(tmp, world)`` for ``finetune`` data cases) writes the files, returns argv."""
-    says: tuple[str, ...]
-    """Fragments of the error line (``{tmp}`` is the case's directory): what, where, what to do."""
-    may_create: tuple[str, ...] = ()
-    """Paths under ``tmp`` that may appear (relative)."""
-    needs_world: bool = False
-    one_line: bool = True
-    """False where the message lists things on lines of their own (the keys of a checkpoint)."""
-
-
-def _write(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8")
-    return path
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -196,152 +165,10 @@ def checkpoint_of_another_architecture(tmp: Path, world: FinetuneWorld) -> list[
     return world.args(tmp / "run", f"model.checkpoint={_foreign_checkpoint(tmp, world)}")
 
 
-# --- knowledge base (scripts/build_kb.py) -------------------------------------------------------
-
-def _kb_args(tmp: Path, content: str | bytes, *extra: str) -> list[str]:
-    path = _write(tmp / "kb.jsonl", content)
-    (tmp / "kb_root").mkdir()
-    return ["--config", BASE_CONFIG, "data.kb.format=jsonl", f"data.kb.path={path}",
-            f"data.kb.root={tmp / 'kb_root'}", f"data.kb.store_dir={tmp / 'store'}", *extra]
-
-
-def _jsonl(*records: dict) -> str:
-    return "".join(json.dumps(record) + "\n" for record in records)
-
-
-def kb_malformed_jsonl(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}) + '{"id": "b", "text": \n')
-
-
-def kb_missing_key(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}, {"text": "no id"}))
-
-
-def kb_wrong_type(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}, {"id": "b", "text": 7}))
-
-
-def kb_duplicate_id(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}))
-
-
-def kb_not_utf8(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x"}).encode() + b'{"id": "b", "text": "caf\xe9"}\n')
-
-
-def kb_image_climbs_out(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x", "image": "../secret.png"}))
-
-
-def kb_image_absolute(tmp: Path) -> list[str]:
-    return _kb_args(tmp, _jsonl({"id": "a", "text": "x", "image": "/etc/hostname"}))
-
-
-def webqa_lineidx_past_the_end(tmp: Path) -> list[str]:
-    tsv, lineidx = _write_tsv(tmp)
-    lineidx.write_text(f"{tsv.stat().st_size + 100}\n" + "".join(lineidx.read_text().splitlines(True)[1:]))
-    data = _write(tmp / "WebQA_train_val.json", json.dumps(_train_val()))
-    return ["--config", BASE_CONFIG, "data.kb.format=webqa", f"data.kb.path={data}",
-            f"data.kb.webqa_images_tsv={tsv}", f"data.kb.store_dir={tmp / 'store'}"]
-
-
-def _webqa_args(tmp: Path, **broken: int) -> list[str]:
-    """build_kb on a generated WebQA (tests/webqa_data.py) with ``broken`` unusable image facts."""
-    files = write_webqa(tmp, n_questions=4, n_test=1, **broken)
-    return ["--config", BASE_CONFIG, "data.dataset=webqa", "data.kb.format=webqa", f"data.kb.path={files.train_val}",
-            f"data.kb.extra_paths=[{files.test}]", f"data.kb.webqa_images_tsv={files.tsv}",
-            f"data.kb.store_dir={tmp / 'store'}"]
-
-
-def webqa_image_id_missing(tmp: Path) -> list[str]:
-    return _webqa_args(tmp, missing=1)
-
-
-def webqa_image_line_truncated(tmp: Path) -> list[str]:
-    return _webqa_args(tmp, truncated=1)
-
-
-def webqa_image_payload_not_an_image(tmp: Path) -> list[str]:
-    return _webqa_args(tmp, not_image=1)
-
-
 def eval_candidates_scope_without_listed_sources(tmp: Path, world: FinetuneWorld) -> list[str]:
     """retrieval.scope=candidates on OK-VQA, whose questions list no sources of their own."""
     return _eval_args(tmp, world, "retrieval.source=index", "retrieval.scope=candidates",
                       f"retrieval.index_dir={tmp / 'index'}")
-
-
-# --- prediction files (rablip-score) ------------------------------------------------------------
-
-def _okvqa_predictions(tmp: Path, content: str | bytes) -> list[str]:
-    predictions = _write(tmp / "predictions.json", content)
-    _write(tmp / "scores.json", '{"kept": true}\n')  # an earlier result that must survive
-    return ["okvqa", *_vqa_files(tmp), "--predictions", str(predictions), "--output", str(tmp / "scores.json")]
-
-
-def predictions_unknown_id(tmp: Path) -> list[str]:
-    """Refused under --strict (by default an unknown id is ignored with a warning, as the official scripts do)."""
-    return [*_okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 99, "answer": "x"}])),
-            "--strict"]
-
-
-def predictions_missing_answer(tmp: Path) -> list[str]:
-    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 2}]))
-
-
-def predictions_non_string_answer(tmp: Path) -> list[str]:
-    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": 2}]))
-
-
-def predictions_duplicate_id(tmp: Path) -> list[str]:
-    return _okvqa_predictions(tmp, json.dumps([{"question_id": 1, "answer": "cat"}, {"question_id": 1, "answer": "dog"}]))
-
-
-def predictions_not_utf8(tmp: Path) -> list[str]:
-    return _okvqa_predictions(tmp, b'[{"question_id": 1, "answer": "caf\xe9"}]')
-
-
-def aokvqa_non_string_choice(tmp: Path) -> list[str]:
-    data = [{"question_id": "a", "image_id": 1, "question": "q", "choices": ["x", "y"], "correct_choice_idx": 1,
-             "direct_answers": ["y"] * 10, "difficult_direct_answer": False, "rationales": []}]
-    _write(tmp / "aokvqa.json", json.dumps(data))
-    _write(tmp / "predictions.json", json.dumps({"a": {"multiple_choice": 1, "direct_answer": "y"}}))
-    return ["aokvqa", "--data", str(tmp / "aokvqa.json"), "--predictions", str(tmp / "predictions.json")]
-
-
-def infoseek_malformed_jsonl(tmp: Path) -> list[str]:
-    references = [{"data_id": "1", "answer_eval": ["oak"], "data_split": "val_unseen_question"}]
-    _write(tmp / "references.jsonl", _jsonl(*references))
-    _write(tmp / "predictions.jsonl", '{"data_id": "1", "prediction": "oak"}\n{"data_id": "2", \n')
-    return ["infoseek", "--references", str(tmp / "references.jsonl"), "--predictions", str(tmp / "predictions.jsonl")]
-
-
-def _oven_args(tmp: Path, second_prediction: dict) -> list[str]:
-    references = [{"data_id": "1", "entity_id": "Q31", "data_split": "query_val_seen"},
-                  {"data_id": "2", "entity_id": "Q32", "data_split": "query_val_unseen"}]
-    _write(tmp / "references.jsonl", _jsonl(*references))
-    _write(tmp / "predictions.jsonl", _jsonl({"data_id": "1", "pred_entity_id": "Q31"}, second_prediction))
-    return ["oven", "--references", str(tmp / "references.jsonl"), "--predictions", str(tmp / "predictions.jsonl")]
-
-
-def oven_prediction_without_entity(tmp: Path) -> list[str]:
-    return _oven_args(tmp, {"data_id": "2"})
-
-
-def oven_prediction_without_id(tmp: Path) -> list[str]:
-    return _oven_args(tmp, {"pred_entity_id": "Q32"})
-
-
-def oven_unknown_id(tmp: Path) -> list[str]:
-    return _oven_args(tmp, {"data_id": "3", "pred_entity_id": "Q32"})
-
-
-def webqa_missing_answer(tmp: Path) -> list[str]:
-    data = {"g": {"Q": "q", "A": ['"Red."'], "Qcate": "color", "Keywords_A": "red", "split": "val",
-                  "txt_posFacts": [{"snippet_id": "s", "fact": "f"}], "img_posFacts": []}}
-    _write(tmp / "webqa.json", json.dumps(data))
-    _write(tmp / "predictions.json", json.dumps({"g": {"sources": ["s"]}}))
-    return ["webqa", "--data", str(tmp / "webqa.json"), "--predictions", str(tmp / "predictions.json")]
 
 
 # --- evaluation (run_eval.py) -------------------------------------------------------------------
@@ -451,15 +278,6 @@ def embeddings_pickled(tmp: Path) -> list[str]:
     return ["--embeddings", str(tmp / "emb.npy"), "--index-type", "flat", "--out", str(tmp / "index")]
 
 
-ENTRY_POINTS: dict[str, Callable[[], Callable[[list[str]], int | None]]] = {
-    "finetune": lambda: entry_main("run_finetune.py"),
-    "eval": lambda: entry_main("run_eval.py"),
-    "build_kb": lambda: entry_main("scripts/build_kb.py"),
-    "build_index": lambda: entry_main("scripts/build_index.py"),
-    "score": lambda: score_main,
-    "search": lambda: search.main,
-}
-
 CASES = [
     # config
     BadInput("config typo on the command line", "finetune", config_typo_on_command_line,
@@ -498,46 +316,6 @@ CASES = [
     BadInput("checkpoint of another architecture", "finetune", checkpoint_of_another_architecture,
              ("{tmp}/foreign", "missing", "unexpected", "language_model."), RUN_DIR_FILES,
              needs_world=True, one_line=False),
-    # knowledge base
-    BadInput("KB malformed JSONL", "build_kb", kb_malformed_jsonl, ("{tmp}/kb.jsonl", "line 2", "malformed JSON")),
-    BadInput("KB record missing its id", "build_kb", kb_missing_key, ("{tmp}/kb.jsonl", "line 2", "'id'")),
-    BadInput("KB record with a wrong type", "build_kb", kb_wrong_type, ("{tmp}/kb.jsonl", "line 2", "'text'")),
-    BadInput("KB duplicate id", "build_kb", kb_duplicate_id, ("{tmp}/kb.jsonl", "'a'", "line 1", "line 3")),
-    BadInput("KB not UTF-8", "build_kb", kb_not_utf8, ("{tmp}/kb.jsonl", "line 2", "UTF-8")),
-    BadInput("KB image path climbing out of the root", "build_kb", kb_image_climbs_out,
-             ("{tmp}/kb.jsonl", "line 1", "'../secret.png'")),
-    BadInput("KB absolute image path", "build_kb", kb_image_absolute, ("{tmp}/kb.jsonl", "line 1", "absolute")),
-    BadInput("WebQA lineidx past the end", "build_kb", webqa_lineidx_past_the_end,
-             ("{tmp}/imgs.lineidx", "past the end", "{tmp}/imgs.tsv")),
-    BadInput("WebQA image id missing from imgs.lineidx", "build_kb", webqa_image_id_missing,
-             ("1 of 12 WebQA image facts", "{tmp}/imgs.tsv", "record 'd00q0000', image fact 30001000",
-              "lists only", "data.kb.on_missing=skip")),
-    BadInput("WebQA image line truncated", "build_kb", webqa_image_line_truncated,
-             ("1 of 12 WebQA image facts", "record 'd00q0000', image fact 30000010", "truncated")),
-    BadInput("WebQA image payload not an image", "build_kb", webqa_image_payload_not_an_image,
-             ("1 of 12 WebQA image facts", "record 'd00q0000', image fact 30000010", "not an image")),
-    # prediction files
-    BadInput("predictions with an unknown id", "score", predictions_unknown_id,
-             ("{tmp}/predictions.json", "99", "not in the reference data")),
-    BadInput("predictions missing an answer", "score", predictions_missing_answer,
-             ("{tmp}/predictions.json", "'answer'")),
-    BadInput("predictions with a non-string answer", "score", predictions_non_string_answer,
-             ("{tmp}/predictions.json", "'answer' must be a string")),
-    BadInput("predictions with a duplicate id", "score", predictions_duplicate_id,
-             ("{tmp}/predictions.json", "a second prediction for id 1", "one prediction per question")),
-    BadInput("predictions not UTF-8", "score", predictions_not_utf8, ("{tmp}/predictions.json", "UTF-8")),
-    BadInput("A-OKVQA prediction with a non-string choice", "score", aokvqa_non_string_choice,
-             ("{tmp}/predictions.json", "multiple_choice")),
-    BadInput("InfoSeek malformed JSONL predictions", "score", infoseek_malformed_jsonl,
-             ("{tmp}/predictions.jsonl", "line 2")),
-    BadInput("OVEN prediction without its entity", "score", oven_prediction_without_entity,
-             ("{tmp}/predictions.jsonl", "line 2", "'pred_entity_id'")),
-    BadInput("OVEN prediction without its id", "score", oven_prediction_without_id,
-             ("{tmp}/predictions.jsonl", "line 2", "'data_id'")),
-    BadInput("OVEN prediction with an unknown id", "score", oven_unknown_id,
-             ("{tmp}/predictions.jsonl", "line 2", "'3'", "not in the reference files")),
-    BadInput("WebQA prediction missing its answer", "score", webqa_missing_answer,
-             ("{tmp}/predictions.json", "'answer'")),
     # evaluation
     BadInput("eval: checkpoint of another architecture", "eval", eval_checkpoint_of_another_architecture,
              ("{tmp}/foreign", "missing", "unexpected", "language_model."), EVAL_RUN_DIR_FILES,
@@ -571,35 +349,12 @@ CASES = [
 ]
 
 
-def snapshot(root: Path) -> dict[Path, bytes | None]:
-    """Every path under ``root``: file contents, ``None`` for directories."""
-    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_exits_2_with_one_message_and_changes_nothing(case, tmp_path, capsys, request):
     tmp = tmp_path / "case"
     tmp.mkdir()
     argv = case.build(tmp, request.getfixturevalue("tiny_finetune_world")) if case.needs_world else case.build(tmp)
-    before = snapshot(tmp)
-    main = ENTRY_POINTS[case.entry]()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(main, argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err[-3000:]
-    assert "Traceback" not in err, err
-    message = err[err.index("error: "):]
-    assert err.count("error: ") == 1 and (message.count("\n") == 1 or not case.one_line), message
-    for fragment in case.says:
-        assert fragment.format(tmp=tmp) in message, f"{fragment.format(tmp=tmp)!r} not in {message!r}"
-
-    after = snapshot(tmp)
-    changed = [str(p) for p, content in before.items() if after.get(p, b"<gone>") != content]
-    assert not changed, f"pre-existing files changed or removed: {changed}"
-    new = {str(p.relative_to(tmp)) for p in after if p not in before}
-    allowed = {str(p.relative_to(tmp)) for pattern in case.may_create for p in tmp.glob(pattern)}
-    assert new <= allowed, f"left behind: {sorted(new - allowed)}"
+    check_bad_input(case, argv, tmp, capsys)
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rablip.utils.cli import run_main
-from tests.reliability.test_bad_inputs import BASE_CONFIG, ENTRY_POINTS, BadInput, _write, snapshot
+from tests.reliability.bad_input import BASE_CONFIG, BadInput, check_bad_input
+from tests.reliability.bad_input import write_file as _write
 
 HEADER = "question,answer,dataset_image_ids,dataset_name,question_type\n"
 GOOD_ROW = "What is it?,oak,1,inaturalist,templated\n"
@@ -92,19 +92,4 @@ CASES = [
 def test_bad_evqa_input_exits_2_with_one_message_and_changes_nothing(case, tmp_path, capsys):
     tmp = tmp_path / "case"
     tmp.mkdir()
-    argv = case.build(tmp)
-    before = snapshot(tmp)
-    main = ENTRY_POINTS[case.entry]()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(main, argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err[-3000:]
-    assert "Traceback" not in err, err
-    message = err[err.index("error: "):]
-    assert err.count("error: ") == 1 and message.count("\n") == 1, message
-    for fragment in case.says:
-        assert fragment.format(tmp=tmp) in message, f"{fragment.format(tmp=tmp)!r} not in {message!r}"
-    after = snapshot(tmp)
-    assert {p: c for p, c in after.items() if p in before} == before, "pre-existing files changed or removed"
-    assert set(after) == set(before), f"left behind: {sorted(set(after) - set(before))}"
+    check_bad_input(case, case.build(tmp), tmp, capsys)
