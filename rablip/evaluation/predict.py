@@ -10,8 +10,9 @@ from rablip.data.samples import Sample
 from rablip.models.processing import Collator
 
 GENERATE_INPUTS = ("pixel_values", "image_slot_mask", "qformer_input_ids", "qformer_attention_mask",
-                   "input_ids", "attention_mask", "image_embeds", "image_embeds_mask")
-"""Batch keys ``generate`` reads (the last two only in batches with cached reference features)."""
+                   "input_ids", "attention_mask", "image_embeds", "image_embeds_mask", "question_ids", "question_mask")
+"""Batch keys ``generate`` reads (``image_embeds*`` only in batches with cached reference features,
+``question_*`` only for a LLaVA generator refining its visual tokens)."""
 
 
 @torch.no_grad()

@@ -47,18 +47,21 @@ def load_generator(cfg: Config, checkpoint: str | Path | None = None, *, for_tra
     """The generator from ``checkpoint`` (default: the run's base checkpoint) with the configured
     trainable modules, refinement and gradient checkpointing; parameter counts are logged. A
     checkpoint's saved LoRA adapter is merged on load; ``for_training`` adds fresh adapters of
-    ``model.lora`` (r > 0) to the LLM. ConfigError for a setting the LLaVA family lacks
-    (``model.refine``, ``model.multi_image=concat``, ``train.feature_cache``)."""
+    ``model.lora`` (r > 0) to the LLM. ``model.refine`` reaches either family (LLaVA: ``refine_top_m``
+    and ``refine_space``). ConfigError for a setting the LLaVA family lacks
+    (``model.multi_image=concat``, ``train.feature_cache``)."""
     path = Path(checkpoint) if checkpoint else generator_checkpoint_dir(cfg)
     family = generator_family(path)
     if family is RablipLlavaForConditionalGeneration:
-        unsupported = [key for key, on in (("model.refine.enabled", cfg.model.refine.enabled),
-                                           ("model.multi_image=concat", cfg.model.multi_image == "concat"),
+        unsupported = [key for key, on in (("model.multi_image=concat", cfg.model.multi_image == "concat"),
                                            ("train.feature_cache", cfg.train.feature_cache)) if on]
         if unsupported:
             raise ConfigError(f"{path} is a LLaVA checkpoint; the LLaVA generator does not support {unsupported} "
                               "(no Q-Former): switch them off")
-        model = family.from_pretrained(str(path), trainable_modules=generator_trainable_modules(cfg))
+        refine = cfg.model.refine
+        model = family.from_pretrained(str(path), trainable_modules=generator_trainable_modules(cfg),
+                                       refine_top_m=refine.top_m if refine.enabled else None,
+                                       refine_space=refine.space)
     else:
         overrides = {"trainable_modules": generator_trainable_modules(cfg), "multi_image": cfg.model.multi_image,
                      "refine_top_m": cfg.model.refine.top_m if cfg.model.refine.enabled else None}

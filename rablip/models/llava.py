@@ -11,6 +11,12 @@ tokens of ``input_ids``, where the processor put one block per real slot, each f
 snippet text. Empty slots contribute nothing. With one slot and transformers' single-image shapes
 ((B, 3, H, W)) the model computes exactly what transformers' LLaVA computes.
 
+With RORA-VLM's query-oriented visual token refinement (``config.refine_top_m`` below the tokens per
+image; ``model.refine``), each real slot keeps only its ``refine_top_m`` question-relevant tokens, in
+their original order (:mod:`rablip.models.llava_refine`), and ``num_query_tokens`` is ``refine_top_m``.
+The question then comes as ``question_ids`` / ``question_mask`` (B, Lt), the LLM token ids of each
+example's question, which the processor adds for such a model.
+
 A call without ``pixel_values`` is transformers' own forward (the LLM over ``input_ids`` /
 ``inputs_embeds``), which is what ``generate``'s decoding steps make. The loss and outputs are those
 of :class:`rablip.models.rablip.RABlipOutput`, so training and evaluation code serve both families.
@@ -31,6 +37,7 @@ from transformers.conversion_mapping import (
 
 from rablip.models.freezing import apply_trainable_modules
 from rablip.models.llava_config import RablipLlavaConfig
+from rablip.models.llava_refine import question_embedding, refinement_indices
 from rablip.models.loss import combine_losses, labelled_token_losses, per_sample_token_losses
 from rablip.models.rablip import RABlipOutput
 from rablip.models.slots import normalize_slot_inputs
@@ -85,10 +92,10 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             self.vision_model.eval()
         return self
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected patch features (N, num_query_tokens, Dl) of N images (N, 3, H, W): the hidden states
-        of ``vision_feature_layer`` (a list of layers: concatenated), CLS dropped with the ``default``
-        strategy, through the projector. No gradient through a frozen vision tower."""
+    def vision_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Vision features (N, patch_tokens, Dv) of N images (N, 3, H, W), before the projector: the
+        hidden states of ``vision_feature_layer`` (a list of layers: concatenated), CLS dropped with the
+        ``default`` strategy. No gradient through a frozen vision tower."""
         config = self.config
         trains = any(parameter.requires_grad for parameter in self.vision_model.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
@@ -98,15 +105,47 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             chosen = [outputs.hidden_states[layer] for layer in (layers if isinstance(layers, list) else [layers])]
             if config.vision_feature_select_strategy == "default":
                 chosen = [hidden[:, 1:] for hidden in chosen]
-            selected = torch.cat(chosen, dim=-1)
+            return torch.cat(chosen, dim=-1)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Vision features (..., Dv) through the projector into the LLM's input embedding space (..., Dl)."""
         projector_dtype = next(self.language_projection.parameters()).dtype
-        return self.language_projection(selected.to(projector_dtype))
+        return self.language_projection(features.to(projector_dtype))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected patch features (N, patch_tokens, Dl) of N images (N, 3, H, W), every token kept."""
+        return self.project(self.vision_features(images))
+
+    def slot_tokens(self, images: torch.Tensor, batch_index: torch.Tensor, slot_index: torch.Tensor,
+                    question_ids: torch.Tensor | None, question_mask: torch.Tensor | None) -> torch.Tensor:
+        """The LLM image tokens (N, num_query_tokens, Dl) of N real slots (``images`` (N, 3, H, W) of
+        examples ``batch_index``, slots ``slot_index``): every projected token, or with refinement the
+        ``refine_top_m`` kept by :func:`rablip.models.llava_refine.refinement_indices` in ``refine_space``,
+        in their original order. The selection takes no gradient, the kept tokens do. ValueError when
+        refinement needs ``question_ids`` and none came."""
+        config = self.config
+        vision = self.vision_features(images)
+        projected = self.project(vision)
+        if config.num_query_tokens == config.patch_tokens:
+            return projected
+        if question_ids is None:
+            raise ValueError("model.refine is on: the batch needs question_ids / question_mask, the LLM token ids of "
+                             "each question (the collator of a refining LLaVA generator adds them)")
+        device = projected.device
+        question_mask = torch.ones_like(question_ids) if question_mask is None else question_mask
+        with torch.no_grad():
+            question = question_embedding(self.get_input_embeddings(), question_ids.to(device), question_mask.to(device))
+            compared = projected if config.refine_space == "projected" else vision
+            keep = refinement_indices(projected, compared, question, batch_index.to(device), slot_index.to(device),
+                                      config.num_query_tokens)
+        return torch.gather(projected, 1, keep.unsqueeze(-1).expand(-1, -1, projected.shape[-1]))
 
     def embed_inputs(self, pixel_values: torch.Tensor, image_slot_mask: torch.Tensor | None,
-                     input_ids: torch.Tensor) -> torch.Tensor:
-        """LLM input embeddings (B, L, Dl) with each real slot's projected features at its image tokens,
-        slots in (example, slot) order; ValueError when an example's image tokens are not
-        ``num_query_tokens`` per real slot."""
+                     input_ids: torch.Tensor, question_ids: torch.Tensor | None = None,
+                     question_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """LLM input embeddings (B, L, Dl) with each real slot's image tokens (:meth:`slot_tokens`; the
+        question's ids serve refinement) at its image tokens, slots in (example, slot) order; ValueError
+        when an example's image tokens are not ``num_query_tokens`` per real slot."""
         slots = normalize_slot_inputs(pixel_values, None, None, image_slot_mask, self.config.max_image_slots)
         batch_index, slot_index = slots.image_slot_mask.nonzero(as_tuple=True)
         inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -123,7 +162,8 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             )
         if batch_index.numel() == 0:
             return inputs_embeds
-        features = self.encode_images(slots.pixel_values[batch_index, slot_index])
+        features = self.slot_tokens(slots.pixel_values[batch_index, slot_index], batch_index, slot_index,
+                                    question_ids, question_mask)
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_positions.unsqueeze(-1), features)
 
@@ -140,6 +180,8 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         qformer_attention_mask: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         image_embeds_mask: torch.Tensor | None = None,
+        question_ids: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
         return_logits: bool = True,
         **hf_kwargs: Any,
     ):
@@ -148,7 +190,8 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         Without ``pixel_values``: transformers' LLaVA forward (``hf_kwargs``: ``inputs_embeds``,
         ``cache``, ``position_ids``, ...), as ``generate`` calls it. With labels,
         ``return_logits=False`` applies ``lm_head`` to the label positions only (``logits`` None,
-        ``target_match`` set). ``image_embeds`` (precomputed features) are not supported by this family.
+        ``target_match`` set). ``question_ids`` / ``question_mask``: the question's LLM token ids, read by
+        refinement only. ``image_embeds`` (precomputed features) are not supported by this family.
         """
         del qformer_input_ids, qformer_attention_mask  # no Q-Former
         if image_embeds is not None or image_embeds_mask is not None:
@@ -157,7 +200,7 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **hf_kwargs)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        inputs_embeds = self.embed_inputs(pixel_values, image_slot_mask, input_ids)
+        inputs_embeds = self.embed_inputs(pixel_values, image_slot_mask, input_ids, question_ids, question_mask)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True)
         hidden = outputs.last_hidden_state
         if labels is not None and not return_logits:
@@ -185,6 +228,8 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         qformer_attention_mask: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         image_embeds_mask: torch.Tensor | None = None,
+        question_ids: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Generated answer token ids (B, T), the prompt cut off: transformers' ``generate`` over the
@@ -197,7 +242,7 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if pixel_values is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         else:
-            inputs_embeds = self.embed_inputs(pixel_values, image_slot_mask, input_ids)
+            inputs_embeds = self.embed_inputs(pixel_values, image_slot_mask, input_ids, question_ids, question_mask)
         generated = super().generate(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                      **generate_kwargs)
         prompt_length = input_ids.shape[1]

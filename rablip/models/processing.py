@@ -12,10 +12,14 @@ preprocesses its images and pads the rows into the batch dict:
 * ``input_ids`` / ``attention_mask`` (B, L): ``[question image tokens] [prefix specials]
   [ref 1 image tokens] "Reference 1: ..." ... [prompt ending with the answer prefix]``, with
   ``num_query_tokens`` image tokens per real image slot (``multi_image="concat"``: one block of them
-  per row with any image, at its start). Decoder-only models: the target and EOS
+  per row with any image, at its start; a LLaVA generator refining its visual tokens, ``model.refine``:
+  its ``refine_top_m``, the config's ``num_query_tokens``). Decoder-only models: the target and EOS
   follow the prompt, rows are left-padded, ``labels`` (B, L) is -100 except on target + EOS.
   Encoder-decoder models: the tokenizer's suffix (``</s>``) ends the input, rows are right-padded,
   ``labels`` (B, T) is target + EOS with -100 padding.
+* ``question_ids`` / ``question_mask`` (B, Lt), right-padded: each row's question in LLM token ids
+  without special tokens, only with ``emit_question_ids`` (a LLaVA generator refining its visual
+  tokens scores them against the question's text embedding: :mod:`rablip.models.llava_refine`).
 * ``sample_weight`` (float) and ``sample_kind`` (long: 0 QA, 1 ASKG selection) in ``train`` mode.
 * ``image_embeds`` (B, S, P, D) float16 and ``image_embeds_mask`` (B, S), only when some reference
   carries precomputed vision features (the frozen-feature cache, :mod:`rablip.training.feature_cache`)
@@ -93,6 +97,7 @@ class Collator:
         mode: str = "train",
         prompt_template: str = "rablip",
         multi_image: str = "per_slot",
+        emit_question_ids: bool = False,
     ) -> None:
         """Settings are plain values (the config's model/data keys); those of the LLM row are
         :class:`PromptPacker`'s. With ``pad_slots_to_max_references`` every batch has
@@ -100,6 +105,7 @@ class Collator:
         row in the batch. ``qformer_tokenizer`` None: no Q-Former tensors (LLaVA).
         ``images_after_prefix``: the prefix specials (``<s>``) open the row, before the question
         image's tokens (LLaVA's layout; InstructBLIP's query outputs come before them).
+        ``emit_question_ids``: add ``question_ids`` / ``question_mask`` (module docstring).
         ConfigError on a setting out of range or an unusable tokenizer."""
         if not isinstance(qformer_max_length, int) or qformer_max_length < 2:
             raise ConfigError(f"collate: qformer_max_length must be an integer >= 2, got {qformer_max_length!r}")
@@ -115,6 +121,7 @@ class Collator:
         self.image_processor = image_processor
         self.qformer_max_length = qformer_max_length
         self.pad_slots_to_max_references = pad_slots_to_max_references
+        self.emit_question_ids = emit_question_ids
         self.mode = mode
         qformer_pad = qformer_tokenizer.pad_token_id if qformer_tokenizer is not None else None
         self.qformer_pad_id = qformer_pad if qformer_pad is not None else 0
@@ -232,6 +239,15 @@ class Collator:
         mask = _pad([[1] * len(e) for e in encoded], 0, left=False)
         return ids.reshape(len(rows), slots, -1), mask.reshape(len(rows), slots, -1)
 
+    def _questions(self, samples: Sequence[Sample], extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``question_ids`` / ``question_mask`` of the rows (a score-mode row: its sample's question), cut to
+        ``max_input_length`` tokens."""
+        owners = extras["example_index"].tolist() if "example_index" in extras else range(len(samples))
+        texts = [samples[index].question.replace(self.packer.image_token, " ") for index in owners]
+        encoded = self.llm_tokenizer(texts, add_special_tokens=False, truncation=True,
+                                     max_length=self.max_input_length)["input_ids"]
+        return _pad(encoded, self.pad_id, left=False), _pad([[1] * len(e) for e in encoded], 0, left=False)
+
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         """The batch dict of the model contract for ``samples`` in this collator's mode."""
         if not samples:
@@ -251,6 +267,8 @@ class Collator:
         batch["attention_mask"] = _pad([[1] * len(row.input_ids) for row in rows], 0, left)
         if rows[0].labels is not None:
             batch["labels"] = _pad([row.labels for row in rows], IGNORE_INDEX, left)
+        if self.emit_question_ids:
+            batch["question_ids"], batch["question_mask"] = self._questions(samples, extras)
         batch.update(cached)
         batch.update(extras)
         return batch
@@ -261,7 +279,9 @@ def build_collator(cfg: Config, model, max_references: int, mode: str = "train")
     for samples of up to ``max_references`` references, in ``mode``: its tokenizers and image
     processor from the model's base checkpoint, its lengths from ``data.*``, its prompt template from
     ``prompt.template``. A generator without a Q-Former (the LLaVA family, ``qformer`` absent) gets no
-    Q-Former tokenizer, and its rows open with the prefix specials. ConfigError when the
+    Q-Former tokenizer, and its rows open with the prefix specials; one refining its visual tokens
+    (``refine_top_m`` set) gets ``num_query_tokens`` = top_m image tokens per image and the question's
+    ids (``emit_question_ids``). ConfigError when the
     model has fewer reference slots (``max_image_slots`` - 1) than ``max_references``."""
     directory = processor_dir(model.config.base_checkpoint or "")
     if 1 + max_references > model.config.max_image_slots:
@@ -274,4 +294,5 @@ def build_collator(cfg: Config, model, max_references: int, mode: str = "train")
         is_encoder_decoder=not model.is_decoder_only, max_references=max_references,
         max_input_length=cfg.data.max_input_length, max_target_length=cfg.data.max_target_length,
         qformer_max_length=cfg.data.qformer_max_length, mode=mode, prompt_template=cfg.prompt.template,
-        multi_image=model.config.multi_image)
+        multi_image=model.config.multi_image,
+        emit_question_ids=not has_qformer and getattr(model.config, "refine_top_m", None) is not None)

@@ -38,19 +38,21 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_llava(out_dir: Path, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+def build_tiny_llava(out_dir: Path, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None,
+                     image_size: int = IMAGE_SIZE) -> Path:
     """Save a tiny ``LlavaForConditionalGeneration`` dir with random (seeded, N(0, 0.1)) weights, with
-    ``tokenizer`` (it must hold ``<image>``; default :func:`tiny_tokenizer`)."""
+    ``tokenizer`` (it must hold ``<image>``; default :func:`tiny_tokenizer`), for ``image_size`` px images
+    (a multiple of 14: (image_size / 14)^2 image tokens per image)."""
     tokenizer = tokenizer or tiny_tokenizer()
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
+                              image_size=image_size, patch_size=PATCH_SIZE, projection_dim=32)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2)
+                         image_seq_length=(image_size // PATCH_SIZE) ** 2)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     generator = torch.Generator().manual_seed(seed)
@@ -62,6 +64,6 @@ def build_tiny_llava(out_dir: Path, seed: int = 0, tokenizer: PreTrainedTokenize
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                        do_center_crop=True).save_pretrained(out_dir)
     return out_dir
