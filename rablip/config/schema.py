@@ -5,8 +5,8 @@ Each section is a dataclass; each field has a docstring (the string under it). Y
 key or a value of the wrong type stops the program before any work. Checks that go beyond types
 (allowed choices, ranges) live in ``__post_init__`` and raise :class:`ConfigValueError`
 (:mod:`rablip.config.checks`), which the loader turns into a message that also names the file the
-value came from. The ``data`` section lives in :mod:`rablip.config.data_schema`, ``eval`` and ``log`` in
-:mod:`rablip.config.eval_schema`.
+value came from. The ``data`` section lives in :mod:`rablip.config.data_schema`, ``retrieval`` in
+:mod:`rablip.config.retrieval_schema`, ``eval`` and ``log`` in :mod:`rablip.config.eval_schema`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 from rablip.config.checks import ConfigValueError, check_choice, check_positive, check_range
 from rablip.config.data_schema import DATASETS, DataConfig, ExtraPairsConfig, KBConfig, SplitConfig
 from rablip.config.eval_schema import EvalConfig, LogConfig
+from rablip.config.retrieval_schema import RetrievalConfig
 
-__all__ = ["DATASETS", "GENERATOR_MODULES", "TRAINABLE_MODULES", "AskgConfig", "Config", "ConfigValueError",
+__all__ = ["DATASETS", "GENERATOR_MODULES", "REFINE_SPACES", "TRAINABLE_MODULES", "AskgConfig", "Config", "ConfigValueError",
            "DataConfig", "EvalConfig", "ExtraPairsConfig", "FusionConfig", "KBConfig", "LogConfig", "LoraConfig", "ModelConfig",
            "NoiseConfig", "PromptConfig", "RefineConfig", "RetrievalConfig", "RunConfig", "SplitConfig", "TrainConfig",
            "schema_keys"]
@@ -72,12 +73,27 @@ class FusionConfig:
                                    f"{self.vl_expert_layers} is not between 0 and model.fusion.layers={self.layers}")
 
 
+REFINE_SPACES = ("projected", "vision")  # where the LLaVA family's refinement scores (model.refine.space)
+
+
 @dataclass
 class RefineConfig:
+    """RORA-VLM's query-oriented visual token refinement. InstructBLIP: on the patches before the Q-Former
+    (rablip.models.refine_hook); LLaVA: on the visual tokens the LLM reads (rablip.models.llava_refine)."""
+
     enabled: bool = False
-    """RORA-VLM query-oriented visual token refinement before the Q-Former's cross-attention."""
+    """Switch the refinement on (off: every patch / visual token is kept)."""
     top_m: int = 64
-    """Patches kept per image (question image: by similarity to the question; items: to kept query patches)."""
+    """Tokens kept per image, in their order (question image: by similarity to the question; retrieved images: by
+    the summed similarity to the kept question-image tokens); >= the tokens per image keeps all."""
+    space: str = "projected"
+    """LLaVA: where similarities are computed (the paper does not say). projected: the projector's outputs (the LLM's
+    input space, the only one where the question, its mean LLM token embedding, meets image tokens); vision: retrieved
+    images vs kept query tokens before the projector (CLIP's geometry; for a fresh projector). InstructBLIP: ignored."""
+
+    def __post_init__(self) -> None:
+        check_positive("model.refine.top_m", self.top_m)
+        check_choice("model.refine.space", self.space, REFINE_SPACES)
 
 
 @dataclass
@@ -133,61 +149,6 @@ class ModelConfig:
         for name in self.trainable:
             check_choice("model.trainable", name, TRAINABLE_MODULES)
         check_choice("model.multi_image", self.multi_image, ("per_slot", "concat"))
-
-
-@dataclass
-class RetrievalConfig:
-    source: str = "gold"
-    """index: live search; static: a retrieval results file; gold: the dataset's relevance labels; none."""
-    mode: str = "ra_blip"
-    """ra_blip: fused image+question -> multimodal items; image: image -> image items;
-    two_stage: RORA-VLM image -> entity names -> expanded question -> text items."""
-    k: int = 3
-    """References given to the generator per question."""
-    index_dir: str = ""
-    static_file: str = ""
-    """Retrieval results file for source=static."""
-    index_type: str = "flat"
-    """flat (exact inner product), ivfflat, ivfpq, hnsw."""
-    nlist: int = 1024
-    pq_m: int = 32
-    nbits: int = 8
-    hnsw_m: int = 32
-    nprobe: int = 16
-    rerank_exact: bool = False
-    """Re-score k x rerank_factor candidates with full-precision embeddings."""
-    rerank_factor: int = 4
-    rerank_model: bool = False
-    """Re-score the top k x rerank_factor with the fusion re-ranker on the joint (question, item) sequence:
-    the head that run_pretrain.py train.stage=rerank saved beside the encoder (model.fusion.checkpoint),
-    or the encoder's ITM head when it holds none."""
-    expansion_entities: int = 1
-    """two_stage: entity names from the image search added to the question."""
-    allow_foreign_index: bool = False
-    """Accept an index whose manifest names another encoder or whose checksum differs (not advised)."""
-    embeddings_dir: str = ""
-    """Knowledge-base embedding shards written by scripts/encode_kb.py; empty: <index_dir>/embeddings."""
-    shard_rows: int = 65536
-    """Knowledge-base rows per embedding shard: the unit of work per process and of resuming."""
-    encode_batch_size: int = 0
-    """Items per encoder batch when encoding the knowledge base (0: eval.batch_size)."""
-    instruct_queries: bool = True
-    """False: query images are extracted without the question as Q-Former instruction (uninstructed ablation)."""
-    scope: str = "global"
-    """source=index: global searches the whole KB; candidates (WebQA's standard setting; dataset webqa, mode ra_blip):
-    rank only each question's listed sources (train/val: its pos+neg facts; test: txt_Facts+img_Facts) exactly
-    by their stored embeddings; a question listing none gets no references."""
-
-    def __post_init__(self) -> None:
-        check_choice("retrieval.source", self.source, ("index", "static", "gold", "none"))
-        check_choice("retrieval.scope", self.scope, ("global", "candidates"))
-        check_choice("retrieval.mode", self.mode, ("ra_blip", "image", "two_stage"))
-        check_choice("retrieval.index_type", self.index_type, ("flat", "ivfflat", "ivfpq", "hnsw"))
-        check_positive("retrieval.k", self.k, allow_zero=True)
-        check_positive("retrieval.shard_rows", self.shard_rows)
-        check_positive("retrieval.encode_batch_size", self.encode_batch_size, allow_zero=True)
-        check_positive("retrieval.expansion_entities", self.expansion_entities)
-        check_positive("retrieval.rerank_factor", self.rerank_factor)
 
 
 @dataclass

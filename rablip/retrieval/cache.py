@@ -34,7 +34,8 @@ from rablip.retrieval.components import encoder_fingerprint
 from rablip.retrieval.groups import layout_checksum
 from rablip.retrieval.index_manifest import sha256_of_file
 from rablip.retrieval.retriever import Retriever
-from rablip.retrieval.static import Retrieved, read_retrieval, write_retrieval
+from rablip.retrieval.snippets import snippet_texts
+from rablip.retrieval.static import Retrieved, Texts, read_retrieval, read_retrieval_texts, write_retrieval
 from rablip.utils.artefacts import rewrite_in_place
 from rablip.utils.dist import barrier, process_rank_world
 from rablip.utils.io import read_json
@@ -51,12 +52,22 @@ def cache_depth(cfg: Config) -> int:
 
 def retrieve_examples(retriever: Retriever, examples: Sequence[QAExample], k: int, image_loader: ImageLoader,
                       batch_size: int = 64) -> dict[str, Retrieved]:
-    """Question id -> top-``k`` (item id, score) for ``examples``.
+    """Question id -> top-``k`` (item id, score) for ``examples`` (:func:`retrieve_examples_with_texts`)."""
+    return retrieve_examples_with_texts(retriever, examples, k, image_loader, batch_size)[0]
+
+
+def retrieve_examples_with_texts(retriever: Retriever, examples: Sequence[QAExample], k: int,
+                                 image_loader: ImageLoader, batch_size: int = 64) -> tuple[dict[str, Retrieved], Texts]:
+    """``(question id -> top-k (item id, score), texts)`` for ``examples``. In ``two_stage`` mode the
+    items are snippet anchors and ``texts`` maps each question to its anchors' attached text ids
+    (:mod:`rablip.retrieval.snippets`); in the other modes ``texts`` is empty.
 
     In ``image`` and ``two_stage`` mode a question whose image is missing or was skipped
     (``data.on_bad_image=skip``) gets an empty list, and is counted in a warning.
     """
     results: dict[str, Retrieved] = {}
+    texts: Texts = {}
+    snippets = retriever.mode == "two_stage"
     needs_image = retriever.mode != "ra_blip"
     imageless = 0
     for start in range(0, len(examples), batch_size):
@@ -64,27 +75,34 @@ def retrieve_examples(retriever: Retriever, examples: Sequence[QAExample], k: in
         images = [image_loader.load(ex.image, ex.id) if ex.image is not None else None for ex in chunk]
         usable = [i for i, image in enumerate(images) if image is not None or not needs_image]
         imageless += len(chunk) - len(usable)
-        hits = retriever.retrieve([images[i] for i in usable], [chunk[i].question for i in usable], k)
+        chosen_images, questions = [images[i] for i in usable], [chunk[i].question for i in usable]
+        if snippets:
+            rows = retriever.retrieve_snippets(chosen_images, questions, k) if usable else []
+            hits = [[(snippet.image_id, snippet.score) for snippet in row] for row in rows]
+            texts.update((chunk[i].id, snippet_texts(row)) for i, row in zip(usable, rows, strict=True))
+        else:
+            hits = retriever.retrieve(chosen_images, questions, k)
         found = dict(zip(usable, hits, strict=True))
         for position, example in enumerate(chunk):
             results[example.id] = found.get(position, [])
     if imageless:
         log.warning("%d questions have no usable image; %s retrieval gave them no references", imageless,
                     retriever.mode)
-    return results
+    return results, texts
 
 
 def retrieve_split(cfg: Config, examples: Sequence[QAExample], retriever: Retriever | None = None,
-                   ) -> dict[str, Retrieved]:
+                   ) -> tuple[dict[str, Retrieved], Texts]:
     """Retrieve for every one of ``examples`` with the configured retriever, over the whole knowledge base
-    or (``retrieval.scope=candidates``) among each question's listed sources."""
+    or (``retrieval.scope=candidates``) among each question's listed sources: ``(results, snippet texts)``
+    as :func:`retrieve_examples_with_texts` returns them."""
     check_scope(cfg)
     retriever = retriever or Retriever.from_config(cfg)
     loader = ImageLoader(None, cfg.data.on_bad_image)
     batch_size = cfg.retrieval.encode_batch_size or cfg.eval.batch_size
     if cfg.retrieval.scope == "candidates":
-        return retrieve_candidates(retriever, examples, cache_depth(cfg), loader, batch_size=batch_size)
-    return retrieve_examples(retriever, examples, cache_depth(cfg), loader, batch_size=batch_size)
+        return retrieve_candidates(retriever, examples, cache_depth(cfg), loader, batch_size=batch_size), {}
+    return retrieve_examples_with_texts(retriever, examples, cache_depth(cfg), loader, batch_size=batch_size)
 
 
 def _examples_digest(examples: Sequence[QAExample]) -> str:
@@ -105,6 +123,8 @@ def cache_key(cfg: Config, split: str, examples: Sequence[QAExample]) -> str:
                 "rerank_exact": r.rerank_exact, "rerank_factor": r.rerank_factor, "nprobe": r.nprobe,
                 "expansion_entities": r.expansion_entities, "instruct_queries": r.instruct_queries,
                 "split": split, "questions_sha256": _examples_digest(examples), "scope": r.scope}
+    if r.mode == "two_stage":  # snippets: their attached texts are part of the results
+        settings["snippet_texts"] = r.snippet_texts
     if r.scope == "candidates":  # the listed sources decide what can be found
         sources = json.dumps([listed_sources(ex) for ex in examples]).encode()
         settings["sources_sha256"] = hashlib.sha256(sources).hexdigest()
@@ -145,16 +165,19 @@ def retrieve_split_cached(cfg: Config, split: str, examples: Sequence[QAExample]
     results_path, meta_path = cache_paths(run_dir, split)
     part = results_path.with_name(f".{results_path.stem}.part-{rank}-of-{world}.jsonl")
     mine = examples[rank * len(examples) // world:(rank + 1) * len(examples) // world]
-    write_retrieval(part, retrieve_split(cfg, mine).items())
+    mine_results, mine_texts = retrieve_split(cfg, mine)
+    write_retrieval(part, mine_results.items(), mine_texts)
     barrier()
     if rank == 0:
         results: dict[str, Retrieved] = {}
+        texts: Texts = {}
         for other in range(world):
             other_part = results_path.with_name(f".{results_path.stem}.part-{other}-of-{world}.jsonl")
             results.update(read_retrieval(other_part))
+            texts.update(read_retrieval_texts(other_part))
         # The meta file goes first and comes back last: old meta never vouches for new results.
         with rewrite_in_place(meta_path.parent, meta_path.name) as cache:
-            write_retrieval(results_path, ((ex.id, results[ex.id]) for ex in examples))
+            write_retrieval(results_path, ((ex.id, results[ex.id]) for ex in examples), texts)
             cache.commit({"key": key, "questions": len(examples), "split": split,
                           "mode": cfg.retrieval.mode, "depth": cache_depth(cfg)})
         for other in range(world):

@@ -13,6 +13,13 @@ retrieved items stay, the random items are drawn from other entities (never a re
 with a relevant item's title), and the k references are then shuffled, so rank carries no hint.
 Everything is seeded by ``run.seed`` and the question's position in the split, so the noisy set
 is the same for any number of processes.
+
+Knowledge snippets (``retrieval.mode: two_stage``, :mod:`rablip.retrieval.snippets`): a snippet is
+identified by its anchor, the stage-1 image item, in the ranking (so recall@k and the other retrieval
+metrics on item ids measure stage 1, the anchors), and the ids of its attached stage-2 text items
+travel beside the ranking in :attr:`References.snippet_texts` (from the results file's ``texts``);
+:func:`rablip.data.snippet_items.reference_items` makes each snippet one reference. Noise snippets
+(``noise.random_snippets``, ``eval.noisy_fraction``) are then random image items of other entities.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
 from rablip.errors import ConfigError
-from rablip.retrieval.cache import retrieve_split_cached
-from rablip.retrieval.static import Retrieved, read_retrieval
+from rablip.retrieval.cache import cache_paths, retrieve_split_cached
+from rablip.retrieval.static import Retrieved, Texts, read_retrieval, read_retrieval_texts
 
 Ranked = dict[str, list[tuple[str, float | None]]]
 _NOISE_STREAM = 7
@@ -49,9 +56,16 @@ class References:
     retrieved: bool
     """Whether a retriever ranked them (``retrieval.source`` index or static): a ranking that orders
     references and hard negatives come from. False for gold labels (unordered) and none."""
+    snippet_texts: Texts | None = None
+    """Two-stage retrieval (index or static): question id -> snippet anchor id -> its attached text item
+    ids; None when the references are not snippets."""
 
     def ids(self, question_id: str) -> list[str]:
         return [item_id for item_id, _ in self.ranked[question_id]]
+
+    def texts_of(self, question_id: str) -> dict[str, list[str]]:
+        """Anchor id -> attached text ids of one question's snippets (empty when there are none)."""
+        return (self.snippet_texts or {}).get(question_id, {})
 
 
 def ranked_references(cfg: Config, examples: Sequence[QAExample], split: str, run_dir: Path) -> References:
@@ -80,8 +94,12 @@ def ranked_references(cfg: Config, examples: Sequence[QAExample], split: str, ru
             where, fix = "the retrieval cache", "retrieve for this split again"
         raise ConfigError(f"{len(missing)} question(s) of data.{split} have no retrieval results in {where} "
                           f"({shown}); {fix}.")
+    texts = None
+    if cfg.retrieval.mode == "two_stage":
+        found = read_retrieval_texts(cfg.retrieval.static_file if source == "static" else cache_paths(run_dir, split)[0])
+        texts = {ex.id: found.get(ex.id, {}) for ex in examples}
     return References({ex.id: [(item_id, float(score)) for item_id, score in results[ex.id]] for ex in examples},
-                      True)
+                      True, texts)
 
 
 def noise_count(fraction: float, k: int) -> int:
@@ -90,13 +108,14 @@ def noise_count(fraction: float, k: int) -> int:
 
 
 class NoisyReferences:
-    """Replaces the tail of a question's top-k by random KB items and shuffles (see the module doc)."""
+    """Replaces the tail of a question's top-k by random KB items and shuffles (see the module doc);
+    with ``images_only`` (snippet references) by random image items of other entities."""
 
-    def __init__(self, kb: KBStore, fraction: float, seed: int) -> None:
+    def __init__(self, kb: KBStore, fraction: float, seed: int, images_only: bool = False) -> None:
         self.kb = kb
         self.fraction = fraction
         self.seed = seed
-        self.random_items = RandomKBItems(kb)
+        self.random_items = RandomKBItems(kb, images_only=images_only)
 
     def __call__(self, example: QAExample, position: int, top: list[tuple[str, float | None]],
                  k: int) -> list[tuple[str, float | None]]:

@@ -6,11 +6,13 @@ Modes (``retrieval.mode``):
   ``instruct_queries`` is off) searches every item (both group indexes, merged by score). A
   question without an image (WebQA) becomes a text-only query.
 - ``image``: the image-only query (no question text) searches the items with an image.
-- ``two_stage`` (RORA-VLM): the image-only query searches the items with an image; the titles of
-  the best hits are the entity names; the question is expanded with the first
-  ``expansion_entities`` distinct names (:func:`expand_question`) and, as a text-only query,
-  searches the text-only items. The result is the stage-2 list; :meth:`Retriever.retrieve_two_stage`
-  also returns each stage.
+- ``two_stage`` (RORA-VLM): knowledge snippets (:mod:`rablip.retrieval.snippets`). The image-only
+  query searches the items with an image; the first hit of each entity (title) anchors a snippet;
+  the question expanded with that entity's name (:func:`expand_question`), as a text-only query,
+  searches the text-only items, and up to ``snippet_texts`` of that entity's hits are attached. The
+  result is the ranking of the anchors (stage 1); :meth:`Retriever.retrieve_snippets` returns the
+  snippets. :meth:`Retriever.retrieve_two_stage` is the stages' diagnostic view: one question
+  expanded with the first ``expansion_entities`` distinct names, and its text hits.
 
 Searching a group means searching its own index (:mod:`rablip.retrieval.groups`), so a result of
 the ``image`` or ``text`` group never holds an item of the other modality.
@@ -74,7 +76,7 @@ class Retriever:
 
     def __init__(self, encoder: torch.nn.Module, batcher: RetrievalBatcher, indexes: GroupIndexes,
                  mode: str = "ra_blip", *, kb: KBStore | None = None,
-                 load_item_image: Callable | None = None, expansion_entities: int = 1,
+                 load_item_image: Callable | None = None, expansion_entities: int = 1, snippet_texts: int = 2,
                  reranker: FusionReranker | None = None, rerank_exact: bool = False, rerank_factor: int = 4,
                  nprobe: int | None = None, batch_size: int = 32, bf16: bool = False) -> None:
         if mode not in MODES:
@@ -89,6 +91,7 @@ class Retriever:
         self.kb = kb
         self.load_item_image = load_item_image or ImageLoader(None, "error").load
         self.expansion_entities = expansion_entities
+        self.snippet_texts = snippet_texts
         self.reranker = reranker
         self.search_kwargs = {"rerank_exact": rerank_exact, "rerank_factor": rerank_factor, "nprobe": nprobe}
         self.rerank_factor = rerank_factor
@@ -117,7 +120,7 @@ class Retriever:
         kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
         return cls(encoder, retrieval_batcher(cfg), indexes, r.mode, kb=kb,
                    load_item_image=ImageLoader(None, cfg.data.on_bad_image).load,
-                   expansion_entities=r.expansion_entities,
+                   expansion_entities=r.expansion_entities, snippet_texts=r.snippet_texts,
                    reranker=reranker, rerank_exact=r.rerank_exact,
                    rerank_factor=r.rerank_factor, nprobe=r.nprobe,
                    batch_size=cfg.retrieval.encode_batch_size or cfg.eval.batch_size, bf16=use_bf16(cfg, device))
@@ -159,7 +162,15 @@ class Retriever:
         if self.mode == "image":
             self._require_images(images)
             return self.search(("image",), images, [""] * len(images), k)
-        return [result.text_hits for result in self.retrieve_two_stage(images, questions, k)]
+        return [[(snippet.image_id, snippet.score) for snippet in row]
+                for row in self.retrieve_snippets(images, questions, k)]
+
+    def retrieve_snippets(self, images: Sequence[Image.Image | None], questions: Sequence[str], k: int) -> list:
+        """The top-``k`` RORA-VLM knowledge snippets per question (``list[list[Snippet]]``), each with up
+        to ``self.snippet_texts`` texts of its entity: :func:`rablip.retrieval.snippets.retrieve_snippets`."""
+        from rablip.retrieval.snippets import retrieve_snippets  # it builds on this module
+
+        return retrieve_snippets(self, images, questions, k, self.snippet_texts)
 
     def retrieve_two_stage(self, images: Sequence[Image.Image | None], questions: Sequence[str],
                            k: int) -> list[TwoStageResult]:

@@ -26,6 +26,7 @@ from rablip.data.images import ImageLoader, resolve_under_root
 from rablip.data.kb import KBStore
 from rablip.data.records import QAExample
 from rablip.data.samples import make_qa_sample
+from rablip.data.snippet_items import reference_items
 from rablip.errors import ConfigError
 from rablip.evaluation.gather import gather_in_order, shard_bounds
 from rablip.evaluation.predict import choose_answers, generate_answers
@@ -33,6 +34,7 @@ from rablip.evaluation.report import write_report
 from rablip.models.factory import load_generator
 from rablip.models.processing import Collator, build_collator
 from rablip.retrieval.references import RETRIEVED_SOURCES, NoisyReferences, Ranked, ranked_references
+from rablip.retrieval.static import Texts
 from rablip.stages.runtime import start_run
 from rablip.utils.dist import end_distributed, process_rank_world
 from rablip.utils.io import atomic_write_json, read_json
@@ -45,13 +47,16 @@ _CHUNK_BATCHES = 4
 
 
 class Answerer:
-    """Answers examples with the model: generated text and, for multiple-choice questions, the likeliest option."""
+    """Answers examples with the model: generated text and, for multiple-choice questions, the likeliest option.
+    With ``snippet_texts`` (two-stage references) a reference with attached texts is its knowledge snippet."""
 
-    def __init__(self, cfg: Config, model: torch.nn.Module, collator: Collator, kb: KBStore | None) -> None:
+    def __init__(self, cfg: Config, model: torch.nn.Module, collator: Collator, kb: KBStore | None,
+                 snippet_texts: Texts | None = None) -> None:
         self.cfg = cfg
         self.model = model
         self.collator = collator
         self.kb = kb
+        self.snippet_texts = snippet_texts or {}
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root if kb is not None else None, cfg.data.on_bad_image)
 
@@ -60,7 +65,8 @@ class Answerer:
         cfg = self.cfg
         samples = []
         for example, refs in zip(examples, references, strict=True):
-            items = self.kb.get_many([item_id for item_id, _ in refs]) if refs and self.kb is not None else []
+            items = (reference_items(self.kb, [item_id for item_id, _ in refs], self.snippet_texts.get(example.id))
+                     if refs and self.kb is not None else [])
             samples.append(make_qa_sample(example, items, self.question_images.load,
                                           load_item_image=self.item_images.load))
         texts = generate_answers(self.model, self.collator, samples, batch_size=cfg.eval.batch_size,
@@ -180,9 +186,10 @@ def evaluate(cfg: Config) -> int:
     examples = load_split(cfg.data, cfg.eval.split)
     # References before the generator: a bad retrieval file or index is reported without waiting for
     # the model, and a live retriever's encoder and index are freed before the generator is loaded.
-    ranked = ranked_references(cfg, examples, cfg.eval.split, run_dir).ranked
+    references = ranked_references(cfg, examples, cfg.eval.split, run_dir)
+    ranked = references.ranked
     if not cfg.eval.retrieval_only:
-        answer_and_write(cfg, accelerator, run_dir, examples, ranked, started)
+        answer_and_write(cfg, accelerator, run_dir, examples, ranked, started, references.snippet_texts)
     elif accelerator.is_main_process:
         write_retrieval_only(cfg, run_dir, examples, ranked, started)
     accelerator.wait_for_everyone()
@@ -205,8 +212,9 @@ def write_retrieval_only(cfg: Config, run_dir: Path, examples: Sequence[QAExampl
 
 
 def answer_and_write(cfg: Config, accelerator: Accelerator, run_dir: Path, examples: Sequence[QAExample], ranked: Ranked,
-                     started: float) -> None:
-    """Load the generator, answer the split (and the k sweep) on every process, write on the main one."""
+                     started: float, snippet_texts: Texts | None = None) -> None:
+    """Load the generator, answer the split (and the k sweep) on every process, write on the main one;
+    ``snippet_texts``: the two-stage references' attached texts (:attr:`References.snippet_texts`)."""
     split = cfg.eval.split
     with accelerator.main_process_first():
         model = load_generator(cfg, cfg.eval.checkpoint or None)
@@ -215,8 +223,9 @@ def answer_and_write(cfg: Config, accelerator: Accelerator, run_dir: Path, examp
     sweep = sorted({k, *cfg.eval.k_sweep}) if cfg.retrieval.source != "none" else [0]
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None) if max(sweep) > 0 else None
     collator = build_collator(cfg, model, max(sweep), mode="generate")
-    answer = Answerer(cfg, model, collator, kb)
-    noisy = NoisyReferences(kb, cfg.eval.noisy_fraction, cfg.run.seed) if kb and cfg.eval.noisy_fraction else None
+    answer = Answerer(cfg, model, collator, kb, snippet_texts)
+    noisy = (NoisyReferences(kb, cfg.eval.noisy_fraction, cfg.run.seed, images_only=snippet_texts is not None)
+             if kb and cfg.eval.noisy_fraction else None)
     show = accelerator.is_main_process
     with accelerator.autocast():
         answers = answer_split(answer, examples, ranked, k, noisy, show, f"answering {split} (k={k})")

@@ -25,6 +25,7 @@ from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
 from rablip.data.samples import Sample, item_has_image, make_qa_sample, make_selection_sample
+from rablip.data.snippet_items import reference_items
 from rablip.data.webqa_kb import keep_stored_sources
 from rablip.errors import ConfigError
 from rablip.evaluation.predict import generate_answers
@@ -57,7 +58,8 @@ class FinetuneDataset(Dataset):
         self.kb = kb
         self.references = references
         self.features = features
-        self.random_items = RandomKBItems(kb)
+        # Snippet references (two_stage): noise snippets are random image items of other entities.
+        self.random_items = RandomKBItems(kb, images_only=references.snippet_texts is not None)
         self.counterfactual = counterfactual
         self.question_images = ImageLoader(None, cfg.data.on_bad_image)
         self.item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
@@ -92,7 +94,9 @@ class FinetuneDataset(Dataset):
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         plan = self.plan(example, rng)
         load_q, load_item = self.question_images.load, self.item_images.load
-        items, selection_items = self.kb.get_many(plan.ids), self.kb.get_many(plan.selection_ids or [])
+        texts = self.references.texts_of(example.id)  # a snippet's attached texts (two_stage references)
+        items = reference_items(self.kb, plan.ids, texts)
+        selection_items = reference_items(self.kb, plan.selection_ids or [], texts)
         swap = self.counterfactual.draw(example, items, rng) if self.counterfactual else None
         if swap is not None:
             example, items, selection_items = swap.example(example), swap.items(items), swap.items(selection_items)

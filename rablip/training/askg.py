@@ -23,7 +23,9 @@ references), shuffled. So the relevant reference is never first by rule, only wh
 it. The ``gold`` answering sample keeps the dataset's order (every reference in it is relevant).
 
 Noise-resilient training (RORA-VLM): ``noise.random_snippets`` extra items of random other entities
-(never the target's) are added to every example.
+(never the target's) are added to every example. With two-stage (snippet) references the stage's
+:data:`RandomItems` draws image items only, so each noise snippet is an other entity's image with its
+name and description.
 
 Everything here is a pure function of its inputs and a ``numpy`` generator, so a run seeded per
 (seed, epoch, example) draws the same references after a resume.

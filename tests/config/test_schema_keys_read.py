@@ -18,7 +18,8 @@ from pathlib import Path
 from rablip.config.schema import Config, TrainConfig
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rablip"
-SCHEMA_FILES = {PACKAGE / "config" / name for name in ("schema.py", "data_schema.py", "eval_schema.py")}
+SCHEMA_FILES = {PACKAGE / "config" / name
+                for name in ("schema.py", "data_schema.py", "eval_schema.py", "retrieval_schema.py")}
 
 
 def schema_classes(root: type = Config) -> tuple[dict[str, set[type]], dict[str, type], list[tuple[str, type, str]]]:

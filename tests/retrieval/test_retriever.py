@@ -114,7 +114,8 @@ def test_two_stage_uses_as_many_distinct_names_as_asked(controlled):
     with one_thread():
         retriever = controlled["make"]("two_stage", expansion_entities=2)
         result = retriever.retrieve_two_stage([controlled["image"]], [QUESTION], k=1)[0]
-        assert retriever.retrieve([controlled["image"]], [QUESTION], 1) == [result.text_hits]
+        # retrieve() ranks the snippet anchors: the best image hit of each entity (tests/retrieval/test_snippets.py)
+        assert retriever.retrieve([controlled["image"]], [QUESTION], 1) == [result.image_hits[:1]]
     assert result.entity_names == [beta, gamma]
 
 
