@@ -1,9 +1,9 @@
 """The pieces every retrieval job builds from a config: the encoder, its fingerprint, the batcher.
 
 The retrieval encoder is the pre-trained one in ``model.fusion.checkpoint``. Its processor (Q-Former
-tokenizer and image processor, :class:`rablip.models.retrieval_processing.RetrievalBatcher`) is that
-of the generator's base checkpoint (the one pre-training used), found from ``model.checkpoint``
-without loading the generator (whose LLM may be billions of parameters).
+tokenizer and image processor, :class:`rablip.models.retrieval_processing.RetrievalBatcher`) is the one
+saved beside it, else that of the generator's base checkpoint, found from ``model.checkpoint`` without
+loading the generator (whose LLM may be billions of parameters).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rablip.config.schema import Config
 from rablip.errors import ConfigError
 from rablip.models.factory import generator_checkpoint_dir, load_retrieval_encoder
 from rablip.models.fusion_checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from rablip.models.processor_files import IMAGE_PROCESSOR_FILE, QFORMER_TOKENIZER_DIR
 from rablip.models.retrieval_processing import RetrievalBatcher
 from rablip.retrieval.index_manifest import sha256_of_file
 
@@ -40,8 +41,15 @@ def encoder_fingerprint(checkpoint_dir: str | os.PathLike) -> str:
 
 
 def retrieval_batcher(cfg: Config) -> RetrievalBatcher:
-    """The processor of the retrieval encoder: the Q-Former tokenizer and image processor of
-    ``model.checkpoint`` (or its base checkpoint), texts cut to ``data.qformer_max_length`` tokens."""
+    """The processor of the retrieval encoder, texts cut to ``data.qformer_max_length`` tokens: the Q-Former
+    tokenizer and image processor saved beside the encoder (pre-training copies them into its final dir),
+    else those of ``model.checkpoint`` (or its base checkpoint). The encoder's own come first: they are
+    what it was trained with, and a generator without a Q-Former (LLaVA) has none."""
+    encoder_dir = Path(cfg.model.fusion.checkpoint) if cfg.model.fusion.checkpoint else None
+    if encoder_dir is not None and (encoder_dir / QFORMER_TOKENIZER_DIR).is_dir() \
+            and (encoder_dir / IMAGE_PROCESSOR_FILE).is_file():
+        return RetrievalBatcher.from_pretrained(encoder_dir / QFORMER_TOKENIZER_DIR, encoder_dir,
+                                                cfg.data.qformer_max_length)
     return RetrievalBatcher.from_checkpoint(generator_checkpoint_dir(cfg), cfg.data.qformer_max_length)
 
 

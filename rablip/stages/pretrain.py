@@ -177,9 +177,11 @@ class PairDataset(Dataset):
         return query_image, question, item, item_image
 
     def question_for(self, rng: np.random.Generator, kind: str) -> str:
-        """A random training question that an item of ``kind`` (text, image) answers."""
+        """A random training question that an item of ``kind`` (text, image) answers; empty when no training
+        question has a relevant item of that kind (InfoSeek's questions name none): the query is then the
+        item's image alone, as for an item pair."""
         questions = self.questions[kind]
-        return questions[int(rng.integers(len(questions)))]
+        return questions[int(rng.integers(len(questions)))] if questions else ""
 
 
 def item_kind(item: KBItem) -> str:

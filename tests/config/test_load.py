@@ -28,7 +28,10 @@ def test_every_config_file_loads_and_validates(path):
 def test_required_experiments_and_models_exist():
     names = {p.stem for p in (CONFIGS_DIR / "experiment").glob("*.yaml")}
     for stage in ("synthetic_pretrain", "synthetic_finetune", "synthetic_eval", "okvqa_finetune", "okvqa_eval",
-                  "aokvqa_finetune", "aokvqa_eval", "webqa_finetune", "webqa_eval", "infoseek_eval"):
+                  "aokvqa_finetune", "aokvqa_eval", "webqa_finetune", "webqa_eval", "infoseek_eval",
+                  # RORA-VLM's (tests/config/test_rora_configs.py checks what they set)
+                  "infoseek_pretrain", "infoseek_finetune", "infoseek_instructblip_finetune",
+                  "infoseek_instructblip_eval", "evqa_finetune", "evqa_eval", "oven_eval"):
         assert stage in names
     models = {p.stem for p in (CONFIGS_DIR / "model").glob("*.yaml")}
     assert {"tiny", "instructblip_flant5xl", "instructblip_flant5xxl", "instructblip_vicuna7b", "blip2_opt2.7b"} <= models

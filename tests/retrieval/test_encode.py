@@ -14,12 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from rablip.config import load_config
 from rablip.data.images import ImageLoader
 from rablip.data.kb import KBStore
 from rablip.data.kb_writer import build_kb_store
 from rablip.data.records import KBItem
 from rablip.errors import RablipError
+from rablip.models.factory import generator_checkpoint_dir
 from rablip.models.fusion import MultimodalRetrievalEncoder
+from rablip.models.processor_files import copy_processor_files, processor_dir
 from rablip.retrieval.components import encoder_fingerprint, retrieval_batcher
 from rablip.retrieval.embed import embed_items
 from rablip.retrieval.encode import (
@@ -33,7 +36,14 @@ from rablip.retrieval.groups import GROUP_MODALITIES, GROUPS, read_layout
 from rablip.retrieval.shards import open_embeddings, shard_name
 from rablip.stages.encode_kb import encode_knowledge_base
 from rablip.utils.io import read_json
-from tests.retrieval.tiny_world import ROOT, make_tiny_world, one_thread, subprocess_env, world_overrides
+from tests.retrieval.tiny_world import (
+    PRETRAIN_CONFIG,
+    ROOT,
+    make_tiny_world,
+    one_thread,
+    subprocess_env,
+    world_overrides,
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +206,18 @@ def test_cli_without_an_encoder_exits_2_with_one_message(world):
     assert result.returncode == 2
     assert "model.fusion.checkpoint" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp / "x" / "retrieval_index.json").exists()
+
+
+def test_the_batcher_comes_from_the_encoder_dir_when_it_holds_processor_files(world, tmp_path):
+    # Pre-training copies the processors beside the encoder; a generator without a Q-Former (LLaVA) has none.
+    _, cfg, _ = world
+    encoder_dir = shutil.copytree(cfg.model.fusion.checkpoint, tmp_path / "encoder")
+    copy_processor_files(processor_dir(generator_checkpoint_dir(cfg)), encoder_dir)
+    moved = load_config(str(PRETRAIN_CONFIG), world_overrides(world[0]) + [
+        f"model.fusion.checkpoint={encoder_dir}", f"model.checkpoint={tmp_path / 'no-qformer-generator'}"])
+    batcher, reference = retrieval_batcher(moved), retrieval_batcher(cfg)
+    batch, expected = batcher.queries([None], ["what colour is it?"]), reference.queries([None], ["what colour is it?"])
+    assert all(torch.equal(batch[key], expected[key]) for key in expected)
+    with pytest.raises(RablipError, match="no-qformer-generator"):  # without them: the generator's, as before
+        retrieval_batcher(load_config(str(PRETRAIN_CONFIG), world_overrides(world[0]) + [
+            f"model.checkpoint={tmp_path / 'no-qformer-generator'}"]))

@@ -1,6 +1,8 @@
 """Pre-training pairs: questions and knowledge items, with knowledge items paired to themselves or to
 every item of their entity (``train.item_pairs``), and extra pairs from a file (``data.extra_pairs``)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,18 @@ def test_extra_pair_i_of_epoch_e_is_record_e_times_extra_plus_i_modulo_the_recor
         assert query_image.size == (64, 64)
     used = [(epoch * extra + i) % EXTRA_RECORDS for epoch in range(EXTRA_RECORDS // extra) for i in range(extra)]
     assert len(set(used)) == len(used), "no record repeats before all were used"
+
+
+def test_pairs_query_without_a_question_when_no_training_question_names_an_item(world):
+    # InfoSeek's questions name no knowledge item: an item paired with its entity's items (or an extra pair
+    # without its own question) is then queried with its image alone instead of a drawn question.
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["train.item_pairs=entity"])
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
+    examples = [dataclasses.replace(ex, relevant_ids=None) for ex in load_split(cfg.data, "train")]
+    pairs = build_pairs(examples, kb, cfg.train.item_pairs)
+    assert pairs and all(not pair.from_question for pair in pairs)
+    dataset = PairDataset(cfg, pairs, kb)
+    assert dataset.questions == {"text": [], "image": []}
+    for index in range(0, len(pairs), max(1, len(pairs) // 5)):
+        query_image, question, _, _ = dataset[(index, 0)]
+        assert question == "" and query_image is not None
