@@ -18,7 +18,8 @@ Training pairs (query, item):
   samples of a sharded corpus, WebDataset tar shards of image-text pairs or JSONL shards, streamed, each
   process and worker reading shards of its own, resumed from the step count
   (:mod:`rablip.data.pair_shards`, :mod:`rablip.training.stream_slots`).
-The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages).
+The final directory holds the retrieval encoder (``model.fusion.checkpoint`` of later stages) with the
+Q-Former tokenizer and image processor it was trained with, which later stages' retrieval reads from there.
 ``train.stage=rerank`` trains the re-ranker head on that encoder instead (:mod:`rablip.stages.rerank`).
 """
 
@@ -243,7 +244,8 @@ def make_loss(cfg: Config):
 def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore, limit: int = 512):
     """Recall@1/5/10 and MRR of val questions (gold labels) against the whole knowledge base, or with
     ``retrieval.scope=candidates`` (WebQA) against each question's own listed sources: only those items
-    are embedded, not the whole corpus."""
+    are embedded, not the whole corpus. Without labelled val questions (InfoSeek names no relevant item) it
+    scores nothing: ``{}``."""
     examples = [ex for ex in load_split(cfg.data, "val") if ex.relevant_ids][:limit]
     question_images = ImageLoader(None, cfg.data.on_bad_image)
     item_images = ImageLoader(kb.root, cfg.data.on_bad_image)
@@ -252,6 +254,8 @@ def make_retrieval_evaluator(cfg: Config, batcher: RetrievalBatcher, kb: KBStore
               if cfg.retrieval.scope == "candidates" else None)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        if not examples:
+            return {}
         encoder = model.encoder
         if listed is None:
             batches = kb.iter_batches(cfg.eval.batch_size)
@@ -295,6 +299,7 @@ def pretrain(cfg: Config) -> int:
 
     # Model: the retrieval encoder on the generator's vision model and Q-Former, with its losses.
     batcher = RetrievalBatcher.from_checkpoint(generator.config.base_checkpoint, cfg.data.qformer_max_length)
+    processors = processor_dir(generator.config.base_checkpoint)  # the batcher's files, saved with the encoder
     encoder = build_retrieval_encoder(cfg, generator)
     if not cfg.model.export_generator:
         del generator  # the LLM is not needed here
@@ -324,9 +329,11 @@ def pretrain(cfg: Config) -> int:
     except TrainingInterrupted as stop:
         return interrupted(stop)
 
-    # Artefacts: the retrieval encoder (and the generator holding its Q-Former, when asked).
+    # Artefacts: the retrieval encoder with the Q-Former tokenizer and image processor it was trained with
+    # (later stages read them from its dir: a LLaVA generator has none), and the generator when asked.
     def save_final(out: Path) -> None:
         model.encoder.save_pretrained(out)
+        copy_processor_files(processors, out)
         if cfg.model.export_generator:
             export_generator(generator, out / GENERATOR_DIR)
 

@@ -9,6 +9,8 @@ import pytest
 from rablip.config import load_config
 from rablip.data.extra_pairs import ExtraPairs
 from rablip.data.pair_shards import ShardedPairs
+from rablip.models.processor_files import IMAGE_PROCESSOR_FILE, QFORMER_TOKENIZER_DIR
+from rablip.retrieval.components import retrieval_batcher
 from rablip.stages.pretrain import PairDataset, build_pairs, extra_pairs, pretrain
 from rablip.training.stream_slots import StreamedPairs
 from tests.data.test_pair_shards import write_jsonl_shards, write_tar_shards
@@ -90,6 +92,21 @@ def test_pretraining_reads_a_webdataset_shard_directory(world, loaded):
     assert (world / "run" / "final").is_dir() and any((world / "run" / "final").glob("*.safetensors"))
     assert loaded and all(text.startswith("caption ") for text in loaded)
     assert len(set(loaded)) == len(loaded), "no sample twice within one pass"
+
+
+def test_the_final_dir_holds_the_processors_the_encoder_was_trained_with(world, tmp_path):
+    """Later stages read the retrieval processor from the encoder's dir (a LLaVA generator has no Q-Former)."""
+    out = tmp_path / "run"
+    cfg = shard_config(world, "train.max_steps=1", "train.save_every=100", "train.eval_every=0", "data.val.path=",
+                       "data.extra_pairs.share=0", f"run.output_dir={out}")
+    with one_thread():
+        assert pretrain(cfg) == 0
+    final = out / "final"
+    assert (final / QFORMER_TOKENIZER_DIR).is_dir() and (final / IMAGE_PROCESSOR_FILE).is_file()
+    no_qformer = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + [
+        f"model.fusion.checkpoint={final}", f"model.checkpoint={tmp_path / 'llava-without-qformer'}"])
+    batch = retrieval_batcher(no_qformer).queries([None], ["what colour is it?"])
+    assert batch["qformer_input_ids"].shape[0] == 1
 
 
 def test_a_resumed_pretraining_run_reads_the_shard_samples_the_uninterrupted_run_read(world, loaded):

@@ -5,6 +5,8 @@ on the WebQA KB store, whose images are read from imgs.tsv."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from PIL import Image
 
@@ -13,6 +15,7 @@ from rablip.config import load_config
 from rablip.data.kb import KBStore
 from rablip.models.factory import build_retrieval_encoder, load_generator
 from rablip.models.retrieval_processing import RetrievalBatcher
+from rablip.stages import pretrain as pretrain_stage
 from rablip.stages.pretrain import PairDataset, build_pairs, make_retrieval_evaluator, pretrain
 from tests.data.test_webqa_kb import webqa_world
 from tests.retrieval.tiny_world import PRETRAIN_CONFIG, one_thread, world_overrides
@@ -78,3 +81,19 @@ def test_candidates_scope_evaluates_among_each_questions_sources_without_walking
         scores = make_retrieval_evaluator(cfg, batcher, kb)(Model())
     # Every val question lists at most 10 sources, its positives among them: all are found within 10.
     assert scores["recall@10"] == 100.0 and 0 < scores["mrr"] <= 1
+
+
+def test_evaluator_scores_nothing_without_labelled_val_questions(webqa, monkeypatch):
+    """InfoSeek's val questions name no relevant item: the evaluator returns {} instead of failing."""
+    root, files = webqa
+    cfg = webqa_config(root, files)
+    kb = KBStore.open(cfg.data.kb.store_dir)
+    generator = load_generator(cfg)
+    batcher = RetrievalBatcher.from_checkpoint(generator.config.base_checkpoint, cfg.data.qformer_max_length)
+    unlabelled = [dataclasses.replace(ex, relevant_ids=[]) for ex in load_split(cfg.data, "val")]
+    monkeypatch.setattr(pretrain_stage, "load_split", lambda data, split: unlabelled)
+
+    class Model:
+        encoder = build_retrieval_encoder(cfg, generator)
+
+    assert make_retrieval_evaluator(cfg, batcher, kb)(Model()) == {}
