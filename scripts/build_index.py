@@ -8,8 +8,9 @@ PATH is a ``.npy`` file (rows are items; without ``--ids`` the item ids are the 
 embedding shard directory with ``shards.json`` (its ids and encoder fingerprint are used). Rows are
 added in chunks straight from the memory-mapped files. Defaults: nlist about 4 * sqrt(items),
 m = one PQ sub-quantizer per 4 dimensions up to 64, nbits 8, HNSW M 32, a training sample of 40 rows
-per centroid, nprobe about nlist / 16. ``--out`` must not exist; it appears only once the build has
-finished (``manifest.json`` written last).
+per centroid, nprobe about nlist / 32 (at least 8). ivfpq needs --m to divide the width and at least
+2**nbits training rows (use flat for fewer items). ``--out`` must not exist; it appears only once the
+build has finished (``manifest.json`` written last). Impossible settings exit with 2 and one message.
 """
 
 from __future__ import annotations

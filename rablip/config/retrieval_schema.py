@@ -20,10 +20,13 @@ class RetrievalConfig:
     static_file: str = ""
     """Retrieval results file for source=static."""
     index_type: str = "flat"
-    """flat (exact inner product), ivfflat, ivfpq, hnsw."""
+    """flat (exact inner product), ivfflat, ivfpq, hnsw. Per modality group: IVF lowers nlist to items // 39,
+    and an ivfpq group with fewer than 2**nbits items is built flat (exact) instead, as its manifest records."""
     nlist: int = 1024
     pq_m: int = 32
+    """ivfpq: sub-quantizers per embedding; must divide the embedding width."""
     nbits: int = 8
+    """ivfpq: bits per sub-quantizer code (1-16); training needs 2**nbits rows."""
     hnsw_m: int = 32
     nprobe: int = 16
     rerank_exact: bool = False

@@ -50,6 +50,16 @@ def default_pq_m(dim: int) -> int:
     return max(m for m in range(1, target + 1) if dim % m == 0)
 
 
+def pq_min_train_rows(nbits: int) -> int:
+    """Training rows PQ needs at ``nbits`` bits per code: faiss's k-means wants one row per centroid."""
+    return 2**nbits
+
+
+def divisors(dim: int, limit: int = 64) -> list[int]:
+    """The PQ sub-quantizer counts possible for width ``dim`` (those dividing it), up to ``limit``."""
+    return [m for m in range(1, min(dim, limit) + 1) if dim % m == 0]
+
+
 def default_nprobe(nlist: int) -> int:
     """Lists visited per query by default: about nlist / 32, at least 8 (or nlist), at most 256.
 

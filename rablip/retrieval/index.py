@@ -89,6 +89,31 @@ def _resolve_fingerprint(source: EmbeddingSource, given: str | None) -> str:
     return given if given is not None else recorded
 
 
+def _check_trainable(index_type: str, source: EmbeddingSource, *, nlist: int, m: int, nbits: int,
+                     train_rows: int) -> None:
+    """Refuse, with what to change, a setting faiss cannot build for these embeddings."""
+    if index_type == "ivfpq" and (m <= 0 or source.dim % m):
+        raise RablipError(f"ivfpq needs --m to divide the embedding width {source.dim}; {m} does not. Choose one "
+                          f"of {', '.join(map(str, backend.divisors(source.dim)))}.")
+    if index_type == "ivfpq" and not 1 <= nbits <= 16:
+        raise RablipError(f"ivfpq needs --nbits between 1 and 16 (8 is usual); got {nbits}.")
+    if index_type in backend.IVF_TYPES and nlist > source.count:
+        raise RablipError(f"nlist {nlist} is larger than the {source.count} items; use at most {source.count}.")
+    if index_type in backend.IVF_TYPES and nlist > train_rows:
+        raise RablipError(f"--train-size {train_rows} is smaller than nlist {nlist}; k-means needs a training row "
+                          "per list. Raise --train-size or lower --nlist.")
+    needed = backend.pq_min_train_rows(nbits) if index_type == "ivfpq" else 0
+    if train_rows < needed:
+        fixes = ["use --index-type flat (exact, and as fast at this size)"]
+        if train_rows >= 2:
+            fixes.append(f"lower --nbits to {train_rows.bit_length() - 1} or less")
+        if train_rows < source.count:
+            fixes.append("raise --train-size")
+        raise RablipError(
+            f"ivfpq with --nbits {nbits} trains {needed} centroids per sub-quantizer and needs at least {needed} "
+            f"training rows, but has {train_rows} ({source.count} items in {source.path}): {'; or '.join(fixes)}.")
+
+
 def build_index(
     source: str | os.PathLike | EmbeddingSource,
     out_dir: str | os.PathLike,
@@ -114,7 +139,9 @@ def build_index(
     ``source`` is a shard directory, a ``.npy`` file (``ids_path`` optional) or an open
     :class:`EmbeddingSource`. ``nlist``, ``m``, ``train_size`` and ``nprobe`` default to values
     derived from the item count and width (see :mod:`rablip.retrieval.faiss_backend`); ``nprobe``
-    and ``ef_search`` are stored as the index's default search parameters.
+    and ``ef_search`` are stored as the index's default search parameters. A setting faiss cannot
+    build (``m`` not dividing the width, fewer training rows than IVF lists or PQ centroids) is a
+    :class:`RablipError` saying what to change.
     """
     if index_type not in backend.INDEX_TYPES:
         raise RablipError(f"unknown index type {index_type!r}; choose one of {', '.join(backend.INDEX_TYPES)}.")
@@ -128,11 +155,8 @@ def build_index(
         raise RablipError(f"{out_dir} already exists; choose another output directory or remove it first.")
     nlist = nlist or backend.default_nlist(source.count)
     m = m or backend.default_pq_m(source.dim)
-    if index_type == "ivfpq" and source.dim % m:
-        raise RablipError(f"ivfpq needs --m to divide the embedding width {source.dim}; {m} does not.")
-    if index_type in backend.IVF_TYPES and nlist > source.count:
-        raise RablipError(f"nlist {nlist} is larger than the {source.count} items; use at most {source.count}.")
     train_size = train_size or _default_train_size(index_type, nlist, nbits)
+    _check_trainable(index_type, source, nlist=nlist, m=m, nbits=nbits, train_rows=min(train_size, source.count))
     params = {"nlist": nlist, "m": m, "nbits": nbits, "hnsw_m": hnsw_m, "ef_construction": ef_construction,
               "train_size": min(train_size, source.count), "chunk_size": chunk_size, "seed": seed}
     with build_beside(out_dir, MANIFEST_NAME) as build:

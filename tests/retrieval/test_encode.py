@@ -197,6 +197,30 @@ def test_cli_encodes_and_indexes_then_exits_0(world):
     assert read_json(out / "image" / "manifest.json")["index_type"] == "hnsw"
 
 
+def test_cli_ivfpq_on_small_groups_builds_exact_indexes_and_a_bad_pq_m_exits_2(world):
+    tmp, _, _ = world
+    out = tmp / "cli_ivfpq"
+
+    def encode(*extra: str) -> subprocess.CompletedProcess:
+        args = world_overrides(tmp) + ["retrieval.index_type=ivfpq", *extra]
+        return subprocess.run([sys.executable, "scripts/encode_kb.py", "--config",
+                               "configs/experiment/synthetic_pretrain.yaml", *args],
+                              capture_output=True, text=True, cwd=ROOT, env=subprocess_env())
+
+    result = encode(f"retrieval.index_dir={out}", "retrieval.pq_m=1")
+    assert result.returncode == 0, result.stderr
+    assert read_layout(out)["request"]["index_type"] == "ivfpq"
+    # 18 items per group are fewer than the 256 PQ centroids of 8-bit codes: each group is exact instead.
+    assert [read_json(out / group / "manifest.json")["index_type"] for group in GROUPS] == ["flat", "flat"]
+    assert "its index is exact (flat) instead" in result.stderr
+    bad = encode(f"retrieval.index_dir={tmp / 'cli_bad_pq'}", f"retrieval.embeddings_dir={out / 'embeddings'}",
+                 "retrieval.pq_m=1000003")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: retrieval.pq_m = 1000003 does not divide the "
+                                                          "embedding width")
+    assert not (tmp / "cli_bad_pq" / "retrieval_index.json").exists()
+
+
 def test_cli_without_an_encoder_exits_2_with_one_message(world):
     tmp, _, _ = world
     args = world_overrides(tmp) + [f"model.fusion.checkpoint={tmp / 'missing'}", f"retrieval.index_dir={tmp / 'x'}"]
