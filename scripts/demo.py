@@ -1,6 +1,6 @@
 """The main job: the synthetic knowledge-VQA experiment, end to end on a CPU.
 
-    python scripts/demo.py [--seed S] [--entities N] [--out DIR] [--jobs J]
+    python scripts/demo.py [--seed S] [--entities N] [--out DIR] [--jobs J] [--rora]
 
 Runs rablip's own entry points with ``configs/experiment/synthetic_*.yaml`` (no separate code path),
 each as a subprocess with its log in ``DIR/logs/``:
@@ -23,7 +23,11 @@ each as a subprocess with its log in ``DIR/logs/``:
 6. evaluate each on the test split (``run_eval.py``) with clean retrieval and with noisy retrieval
    (half of the k references replaced by random knowledge-base items);
 7. knowledge edit: change facts of 20% of the test entities in the knowledge base, rebuild the store
-   and the index (no retraining) and answer the affected questions again with ``ra_askg``.
+   and the index (no retraining) and answer the affected questions again with ``ra_askg``;
+8. with ``--rora`` (off by default; nothing above changes): RORA-VLM's variant, the world's tiny LLaVA
+   (``make_synthetic.py --only ...,llava``) fine-tuned with ``synthetic_rora_finetune.yaml`` (two-stage
+   snippets, visual token refinement, a noise snippet; LoRA) and evaluated with ``synthetic_rora_eval.yaml``
+   (``results.json``: ``rora``).
 
 Writes ``DIR/results.json`` and prints one table; each evaluation's ``report.html`` is linked.
 Independent jobs run ``--jobs`` at a time (default 2), each on one CPU thread.
@@ -130,7 +134,7 @@ class JobRunner:
 
 def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetune_steps: int | None,
          reading_steps: int | None = None, vision_steps: int | None = None,
-         align_steps: int | None = None) -> list[Job]:
+         align_steps: int | None = None, rora: bool = False) -> list[Job]:
     """Every job of the experiment, in an order that respects the dependencies."""
     world = out / "world"
     common = [f"run.seed={seed}", f"data.root={world}", f"model.fusion.checkpoint={out / 'pretrain' / 'final'}",
@@ -149,6 +153,8 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     if pretrain_steps:
         # at most every sample of a shortened pre-training is an extra pair
         build += ["--extra-pairs", str(pretrain_steps * PRETRAIN_BATCH)]
+    if rora:
+        build += ["--only", "world,kb,checkpoint,extra_pairs,llava"]
     finetune = [f"train.max_steps={finetune_steps}"] if finetune_steps else []
     align = [f"train.max_steps={align_steps}", f"train.save_every={align_steps}"] if align_steps else []
     jobs = [
@@ -197,6 +203,10 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
                                f"data.test.annotations={world / 'edit' / 'mscoco_test2014_annotations.json'}"),
             ["edit_index", "finetune_ra_askg"]),
     ]
+    if rora:
+        jobs += [Job("finetune_rora", stage("run_finetune.py", "rora_finetune", "finetune_rora", *finetune), ["index"]),
+                 Job("eval_rora", stage("run_eval.py", "rora_eval", "eval_rora",
+                                        f"eval.checkpoint={out / 'finetune_rora' / 'final'}"), ["finetune_rora"])]
     return jobs
 
 
@@ -216,8 +226,9 @@ def knowledge_edit_counts(out: Path) -> dict[str, int]:
             "follows_old_fact": sum(given[qid] == normalize_answer(q["old"]) for qid, q in questions.items())}
 
 
-def collect(out: Path, seed: int, entities: int, wall: float) -> dict:
-    """``results.json``: retrieval recall, per-variant accuracies, knowledge-edit counts."""
+def collect(out: Path, seed: int, entities: int, wall: float, rora: bool = False) -> dict:
+    """``results.json``: retrieval recall, per-variant accuracies, knowledge-edit counts (and, with ``rora``,
+    the RORA variant's accuracies)."""
     retrieval = read_json(out / "retrieval" / "metrics.json")["retrieval"]
     uninstructed = read_json(out / "retrieval_uninstructed" / "metrics.json")["retrieval"]
     variants = {}
@@ -228,11 +239,18 @@ def collect(out: Path, seed: int, entities: int, wall: float) -> dict:
                              "seen_knowledge_acc": clean.get("knowledge/seen", 0.0),
                              "visual_acc": clean.get("visual", 0.0),
                              "noisy_unseen_knowledge_acc": noisy.get("knowledge/unseen", 0.0)}
-    return {"seed": seed, "entities": entities, "wall_seconds": round(wall, 1),
-            "retrieval": {"recall@1": retrieval["recall@1"], "recall@5": retrieval["recall@5"],
-                          "recall@1_uninstructed": uninstructed["recall@1"]},
-            "variants": variants, "knowledge_edit": knowledge_edit_counts(out),
-            "reports": {variant: str(out / f"eval_{variant}" / "report.html") for variant in VARIANTS}}
+    results = {"seed": seed, "entities": entities, "wall_seconds": round(wall, 1),
+               "retrieval": {"recall@1": retrieval["recall@1"], "recall@5": retrieval["recall@5"],
+                             "recall@1_uninstructed": uninstructed["recall@1"]},
+               "variants": variants, "knowledge_edit": knowledge_edit_counts(out),
+               "reports": {variant: str(out / f"eval_{variant}" / "report.html") for variant in VARIANTS}}
+    if rora:
+        scores = group_scores(out / "eval_rora")
+        results["rora"] = {"unseen_knowledge_acc": scores.get("knowledge/unseen", 0.0),
+                           "seen_knowledge_acc": scores.get("knowledge/seen", 0.0),
+                           "visual_acc": scores.get("visual", 0.0)}
+        results["reports"]["rora"] = str(out / "eval_rora" / "report.html")
+    return results
 
 
 def table(results: dict) -> str:
@@ -244,6 +262,10 @@ def table(results: dict) -> str:
         noisy = f"{v['noisy_unseen_knowledge_acc']:12.1f}" if name != "no_retrieval" else f"{'-':>12s}"
         lines.append(f"{name:14s} {v['unseen_knowledge_acc']:12.1f} {v['seen_knowledge_acc']:10.1f} "
                      f"{v['visual_acc']:7.1f} {noisy}")
+    if "rora" in results:  # --rora: the tiny LLaVA (no target)
+        v = results["rora"]
+        lines.append(f"{'rora':14s} {v['unseen_knowledge_acc']:12.1f} {v['seen_knowledge_acc']:10.1f} "
+                     f"{v['visual_acc']:7.1f} {'-':>12s}")
     r, e = results["retrieval"], results["knowledge_edit"]
     lines += ["", f"retrieval: recall@1 {r['recall@1']:.1f}, recall@5 {r['recall@5']:.1f}, "
                   f"recall@1 without the question instructing the Q-Former {r['recall@1_uninstructed']:.1f}",
@@ -269,6 +291,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vision-steps", type=int, default=None,
                         help="override the tiny vision encoder's viewing warm-up steps")
     parser.add_argument("--align-steps", type=int, default=None, help="override the generator's alignment steps")
+    parser.add_argument("--rora", action="store_true",
+                        help="also run RORA-VLM's variant (the tiny LLaVA, configs/experiment/synthetic_rora_*.yaml)")
     args = parser.parse_args(argv)
     out = Path(args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and any(out.iterdir()):
@@ -277,8 +301,8 @@ def main(argv: list[str]) -> int:
     print(f"rablip demo: seed {args.seed}, {args.entities} entities, output in {out}", flush=True)
     JobRunner(out / "logs", args.jobs).run(plan(out, args.seed, args.entities, args.pretrain_steps,
                                                 args.finetune_steps, args.reading_steps, args.vision_steps,
-                                                args.align_steps))
-    results = collect(out, args.seed, args.entities, time.time() - started)
+                                                args.align_steps, args.rora))
+    results = collect(out, args.seed, args.entities, time.time() - started, args.rora)
     atomic_write_json(out / "results.json", results)
     print()
     print(table(results))

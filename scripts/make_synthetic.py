@@ -14,7 +14,8 @@ generator's alignment stage), its knowledge-base store ``kb_store/``, the tiny g
 ``tiny-instructblip-llama/`` (tokenizers trained on the world, a timm vision encoder, copy-ready LLM
 attention, vision and reading warm-ups) and ``extra_pairs/pairs.jsonl``, renderings of invented
 creatures with their fact texts or captions (``data.extra_pairs`` of the pre-training config).
-``--only world,kb`` builds some parts (the others must already be there for the later ones).
+``--only world,kb`` builds some parts (the others must already be there for the later ones);
+``--only llava`` adds ``tiny-llava/``, the tiny LLaVA of the RORA configs (configs/model/tiny_llava.yaml).
 
 Settings (:mod:`rablip.synthetic.settings`; ``--print-settings`` shows them all with their values):
 the defaults are the demo's; ``--settings FILE.yaml`` (same nesting) overrides them, then the flags
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rablip.synthetic.edit import edit_world  # noqa: E402
 from rablip.synthetic.files import load_manifest  # noqa: E402
-from rablip.synthetic.make import PARTS, make_synthetic  # noqa: E402
+from rablip.synthetic.make import OPTIONAL_PARTS, PARTS, make_synthetic  # noqa: E402
 from rablip.synthetic.settings import load_settings, settings_yaml  # noqa: E402
 from rablip.synthetic.world_tokenizers import train_world_tokenizers  # noqa: E402
 from rablip.utils.cli import run_main  # noqa: E402
@@ -56,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--tokenizers", metavar="WORLD_DIR", help="train the Q-Former and LLM tokenizers of a world")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
     parser.add_argument("--settings", default=None, help="YAML file of settings (see --print-settings)")
-    parser.add_argument("--only", default=",".join(PARTS), help=f"parts to build, of {','.join(PARTS)}")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"parts to build, of {','.join(PARTS)} (the default) and {','.join(OPTIONAL_PARTS)} "
+                        "(the tiny LLaVA of the RORA configs, configs/experiment/synthetic_rora_*.yaml)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what is there: the --out directory (when the world is built), else the parts")
     parser.add_argument("--seed", type=int, default=None)

@@ -12,6 +12,7 @@ world_dir/
   kb_edited.jsonl, edit/                       written by the knowledge-edit mode (edit.py)
   kb_store/                                    the knowledge-base store (make.py)
   tiny-instructblip-llama/                     the tiny generator checkpoint (tiny_model.py)
+  tiny-llava/                                  the tiny LLaVA (RORA) generator, on request (tiny_llava.py)
   extra_pairs/pairs.jsonl, extra_pairs/images/ extra pre-training pairs (describing.py)
 ```
 """
@@ -35,6 +36,7 @@ ALIGN_DIR = "align"
 EDIT_MANIFEST_NAME = "edits.json"
 KB_STORE_DIR = "kb_store"
 TINY_CHECKPOINT_DIR = "tiny-instructblip-llama"
+TINY_LLAVA_DIR = "tiny-llava"
 EXTRA_PAIRS_DIR = "extra_pairs"
 EXTRA_PAIRS_NAME = "pairs.jsonl"
 

@@ -1,7 +1,8 @@
 """Build everything the synthetic experiments read, explicitly (``scripts/make_synthetic.py``, the demo
 and the tests call :func:`make_synthetic`): the world, its knowledge-base store, the tiny generator
-(tokenizers trained on the world, warm-ups) and the extra pre-training pairs, all inside one dir that
-``data.root`` of ``configs/data/synthetic.yaml`` points at (layout: :mod:`rablip.synthetic.files`).
+(tokenizers trained on the world, warm-ups), the extra pre-training pairs and, when asked, the tiny LLaVA of
+the RORA configs, all inside one dir that ``data.root`` of ``configs/data/synthetic.yaml`` points at
+(layout: :mod:`rablip.synthetic.files`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from rablip.synthetic.files import (
     KB_NAME,
     KB_STORE_DIR,
     TINY_CHECKPOINT_DIR,
+    TINY_LLAVA_DIR,
     load_manifest,
 )
 from rablip.synthetic.settings import SyntheticSettings, settings_yaml
+from rablip.synthetic.tiny_llava import build_world_llava
 from rablip.synthetic.tiny_model import build_tiny_generator
 from rablip.synthetic.world import WorldSettings, build_world
 from rablip.utils.artefacts import build_beside
@@ -30,14 +33,18 @@ from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.synthetic")
 PARTS = ("world", "kb", "checkpoint", "extra_pairs")
-"""What :func:`make_synthetic` can build, in build order (each part needs the world)."""
+"""What :func:`make_synthetic` builds by default, in build order (each part needs the world)."""
+OPTIONAL_PARTS = ("llava",)
+"""What it builds only when asked, after those: ``llava``, the tiny LLaVA of the RORA configs
+(``tiny-llava/``, configs/model/tiny_llava.yaml)."""
 SETTINGS_NAME = "make_synthetic.yaml"
 """The settings of the last build, written into the world dir."""
 
 
 def make_synthetic(out_dir: str | Path, settings: SyntheticSettings | None = None, *, parts=PARTS,
                    overwrite: bool = False) -> dict[str, float]:
-    """Build ``parts`` (default: all of :data:`PARTS`) into ``out_dir`` and return seconds per part.
+    """Build ``parts`` (default: all of :data:`PARTS`; :data:`OPTIONAL_PARTS` when named) into ``out_dir``
+    and return seconds per part.
 
     Without ``"world"`` the world must already be there; a part that is already there is a DataError
     unless ``overwrite`` (a non-empty ``out_dir`` too, when the world is built). The same settings give
@@ -45,11 +52,12 @@ def make_synthetic(out_dir: str | Path, settings: SyntheticSettings | None = Non
     """
     settings = settings or SyntheticSettings()
     out_dir = Path(out_dir)
-    unknown = [part for part in parts if part not in PARTS]
+    known = (*PARTS, *OPTIONAL_PARTS)
+    unknown = [part for part in parts if part not in known]
     if unknown:
-        raise ConfigError(f"make_synthetic: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+        raise ConfigError(f"make_synthetic: unknown part(s) {unknown}; choose from {', '.join(known)}")
     seconds: dict[str, float] = {}
-    for part in (p for p in PARTS if p in parts):
+    for part in (p for p in known if p in parts):
         started = time.perf_counter()
         if part == "world":
             build_world(out_dir, WorldSettings(seed=settings.seed, **asdict(settings.world)), overwrite=overwrite)
@@ -82,6 +90,12 @@ def make_checkpoint(out_dir: Path, settings: SyntheticSettings, overwrite: bool 
     build_tiny_generator(out_dir, out_dir / TINY_CHECKPOINT_DIR, settings)
 
 
+def make_llava(out_dir: Path, settings: SyntheticSettings, overwrite: bool = False) -> None:
+    """The tiny LLaVA generator of the RORA configs (``tiny-llava/``; :mod:`rablip.synthetic.tiny_llava`)."""
+    _replace(out_dir / TINY_LLAVA_DIR, overwrite)
+    build_world_llava(out_dir, out_dir / TINY_LLAVA_DIR, settings)
+
+
 def make_extra_pairs(out_dir: Path, settings: SyntheticSettings, overwrite: bool = False) -> None:
     """``extra_pairs/``: ``extra_pairs.count`` invented-creature pairs (none when 0), built beside and
     renamed into place, ``settings.json`` last (:func:`rablip.utils.artefacts.build_beside`)."""
@@ -94,4 +108,4 @@ def make_extra_pairs(out_dir: Path, settings: SyntheticSettings, overwrite: bool
         build.commit({"count": settings.extra_pairs.count, "seed": settings.seed})
 
 
-BUILDERS = {"kb": make_kb_store, "checkpoint": make_checkpoint, "extra_pairs": make_extra_pairs}
+BUILDERS = {"kb": make_kb_store, "checkpoint": make_checkpoint, "extra_pairs": make_extra_pairs, "llava": make_llava}
