@@ -28,7 +28,7 @@ from rablip.models.processing import build_collator
 from rablip.models.processor_files import load_tokenizer
 from rablip.stages.encode_kb import encode_knowledge_base
 from rablip.stages.evaluate import evaluate
-from rablip.stages.finetune import finetune
+from rablip.stages.finetune import FinetuneDataset, finetune
 from rablip.stages.pretrain import pretrain
 from rablip.synthetic.infoseek_files import infoseek_texts, write_infoseek
 from rablip.synthetic.settings import TinyModelSection
@@ -56,8 +56,16 @@ def chain_config(name: str, root: Path, checkpoint: Path, *extra: str):
     return load_config(str(EXPERIMENTS / f"{name}.yaml"), overrides)
 
 
-def test_rora_chain_pretrains_encodes_finetunes_llava_and_scores_infoseek_val(tmp_path):
+def test_rora_chain_pretrains_encodes_finetunes_llava_and_scores_infoseek_val(tmp_path, monkeypatch):
     files = write_infoseek(tmp_path / "data", n_entities=6, n_questions=12, seed=1)
+    plans = []  # (the question's entity from infoseek_train_withkb.jsonl, its reference plan)
+    plan = FinetuneDataset.plan
+
+    def recorded(self, example, rng):
+        plans.append((example.extra.get("entity_text"), self.kb, result := plan(self, example, rng)))
+        return result
+
+    monkeypatch.setattr(FinetuneDataset, "plan", recorded)
     runs = tmp_path / "runs" / "infoseek"
     instructblip = build_generator_for_texts(infoseek_texts(files), tmp_path / "ib",
                                              TinyModelSection(**TINY, llm_type="llama", tokenizer_vocab_size=300))
@@ -79,6 +87,12 @@ def test_rora_chain_pretrains_encodes_finetunes_llava_and_scores_infoseek_val(tm
                                 "model.trainable=[language_projection,language_model]",
                                 f"run.output_dir={runs / 'finetune_full'}")
         assert finetune(full_cfg) == 0
+        # noise-resilient training: the last of the three references is a random snippet that is never of the
+        # question's own entity (its InfoSeek entity label)
+        assert plans and all(entity for entity, _, _ in plans)
+        for entity, kb, planned in plans:
+            assert len(planned.ids) == 3 and planned.relevant[-1] is False
+            assert kb[planned.ids[-1]].title != entity
 
         eval_cfg = chain_config("infoseek_eval", tmp_path, llava, f"model.refine.top_m={TOP_M}",
                                 f"run.output_dir={runs / 'eval'}", f"eval.checkpoint={runs / 'finetune' / 'final'}")

@@ -62,8 +62,12 @@ def load_infoseek(
     qtype_path: str | os.PathLike | None = None,
     image_root: str | os.PathLike = "",
     image_pattern: str = DEFAULT_IMAGE_PATTERN,
+    entity_labels_path: str | os.PathLike | None = None,
 ) -> list[QAExample]:
     """Load an InfoSeek split in file order.
+
+    With ``entity_labels_path`` (the split's ``*_withkb.jsonl``) each question's ``extra`` also holds its
+    ``entity_id`` and ``entity_text``; a labels file naming only some of the questions is fine.
 
     With ``qtype_path`` every question gets its ``question_type`` (String / Numerical / Time);
     entries for other data ids are ignored, so a subset of a split can share the split's file.
@@ -74,6 +78,7 @@ def load_infoseek(
     if "{image_id}" not in image_pattern:
         raise DataError(f"image_pattern {image_pattern!r} must contain '{{image_id}}'.")
     question_types = read_question_types(qtype_path) if qtype_path is not None else None
+    labels = read_entity_labels(entity_labels_path) if entity_labels_path is not None else {}
     examples: list[QAExample] = []
     first_line: dict[str, int] = {}
     for line_number, record in iter_jsonl_with_lines(jsonl_path, what):
@@ -104,10 +109,21 @@ def load_infoseek(
                 question=record["question"],
                 answers=list(answers),
                 question_type=question_type,
-                extra={key: value for key, value in record.items() if key not in _FIELD_KEYS},
+                extra={**{key: value for key, value in record.items() if key not in _FIELD_KEYS},
+                       **labels.get(data_id, {})},
             )
         )
     return examples
+
+
+def read_entity_labels(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """``data_id -> {"entity_id", "entity_text"}`` from an InfoSeek ``*_withkb.jsonl`` file."""
+    what = "InfoSeek entity-label file"
+    labels: dict[str, dict[str, str]] = {}
+    for line_number, record in iter_jsonl_with_lines(path, what):
+        require_keys(record, {"data_id": str, "entity_id": str, "entity_text": str}, f"{what} {path}, line {line_number}")
+        labels[record["data_id"]] = {"entity_id": record["entity_id"], "entity_text": record["entity_text"]}
+    return labels
 
 
 class InfoSeek(Benchmark):
@@ -119,7 +135,8 @@ class InfoSeek(Benchmark):
     score_help = "InfoSeek accuracy (harmonic mean of the unseen splits)"
 
     def load(self, split: SplitConfig) -> list[QAExample]:
-        return load_infoseek(split.path, split.qtypes or None, split.image_root, split.image_pattern)
+        return load_infoseek(split.path, split.qtypes or None, split.image_root, split.image_pattern,
+                             split.entity_labels or None)
 
     def is_labelled(self, split: SplitConfig, examples: Sequence[QAExample]) -> bool:
         return any(ex.answers or ex.extra.get("answer_eval") is not None for ex in examples)

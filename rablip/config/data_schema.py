@@ -34,6 +34,9 @@ class SplitConfig:
     extra_paths: list[str] = field(default_factory=list)
     """Further files of the split in the same format, read after ``path`` (OVEN: the query file,
     oven_query_val.jsonl, beside the entity file in ``path``: the official score needs both)."""
+    entity_labels: str = ""
+    """InfoSeek: the split's ``infoseek_{train,val}_withkb.jsonl`` (data_id, entity_id, entity_text): each
+    question's entity, which noise-resilient training never draws as its irrelevant snippet."""
     entities: str = ""
     """OVEN: the Wiki6M entity list (Wiki6M_ver_1_0.jsonl.gz or its title-only JSONL) over which the
     generated entity names are mapped to the Wikidata QIDs the official metric scores (exact title,
@@ -130,7 +133,7 @@ class DataConfig:
     """Benchmark format: okvqa, vqav2, aokvqa, webqa, infoseek, oven, evqa."""
     root: str = ""
     """Directory the dataset's files are under: a relative path in data.{train,val,test,replay}.{path,
-    annotations,qtypes,image_root,extra_paths,entities,inat_root,inat_annotations,landmarks_root}, data.extra_pairs.path and data.kb.{path,extra_paths,root,store_dir,webqa_images_tsv,evqa_image_map}
+    annotations,qtypes,image_root,extra_paths,entities,entity_labels,inat_root,inat_annotations,landmarks_root}, data.extra_pairs.path and data.kb.{path,extra_paths,root,store_dir,webqa_images_tsv,evqa_image_map}
     resolves under it (once, when the config is loaded: config.yaml holds the resolved paths). Empty: the
     working directory. Other keys may interpolate it, e.g. ``model.checkpoint: ${data.root}/model``."""
     train: SplitConfig = field(default_factory=SplitConfig)

@@ -256,7 +256,7 @@ def build_config(layers: list[Layer]) -> Config:
 DATA_PATH_KEYS = (
     *(f"{split}.{key}" for split in ("train", "val", "test", "replay")
       for key in ("path", "annotations", "qtypes", "image_root", "inat_root", "inat_annotations", "landmarks_root",
-                  "extra_paths", "entities")),
+                  "extra_paths", "entities", "entity_labels")),
     "extra_pairs.path", "kb.path", "kb.extra_paths", "kb.root", "kb.store_dir", "kb.webqa_images_tsv",
     "kb.evqa_image_map",
 )

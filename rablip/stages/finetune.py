@@ -75,6 +75,8 @@ class FinetuneDataset(Dataset):
         ranked = self.references.ids(example.id) if self.references.retrieved else None
         relevant = gold if ranked is None or cfg.askg.enabled and gold else ranked[:cfg.retrieval.k]
         titles = {item.title for item in self.kb.get_many(gold)} if gold else set()
+        if example.extra.get("entity_text"):  # the question's own entity (InfoSeek's entity labels, OVEN)
+            titles.add(example.extra["entity_text"])
 
         def random_items(r: np.random.Generator, n: int, exclude: set[str]) -> list[str]:
             return self.random_items(r, n, exclude | set(gold), titles)

@@ -8,7 +8,8 @@ for tests, and to rehearse the RORA-VLM chain (configs/experiment/infoseek_pretr
   ``{data_id, image_id ("oven_..."), question, answer, answer_eval, data_split}``; numerical questions carry
   ``answer_eval`` as ``[{"wikidata": value, "range": [lo, hi]}]``; val alternates ``val_unseen_question`` and
   ``val_unseen_entity``;
-- ``infoseek/infoseek_val_qtype.jsonl`` (``data_id, question_type``: String / Numerical / Time);
+- ``infoseek/infoseek_val_qtype.jsonl`` (``data_id, question_type``: String / Numerical / Time) and
+  ``infoseek/infoseek_{train,val}_withkb.jsonl`` (``data_id, entity_id, entity_text``: each question's entity);
 - ``infoseek/images/{image_id}.jpg``, the question images (the default ``data.val.image_pattern``);
 - ``wit/wit_kb.tsv``, the knowledge base in WIT's columns (``page_title``, ``reference_description``,
   ``image_url``): per entity one image row (``images/<entity>.png`` under ``wit/``, the entity's title and
@@ -126,6 +127,7 @@ def write_infoseek(root: str | Path, n_entities: int = 6, n_questions: int = 12,
     image_number = 0
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     qtypes: list[dict] = []
+    labels: dict[str, list[dict]] = {"train": [], "val": []}
     for split, records in splits.items():
         for number in range(n_questions):
             entity = entities[number % n_entities]
@@ -138,6 +140,8 @@ def write_infoseek(root: str | Path, n_entities: int = 6, n_questions: int = 12,
             data_split = split if split == "train" else ("val_unseen_question", "val_unseen_entity")[number % 2]
             records.append({"data_id": data_id, "image_id": image_id, "question": question, "answer": answer,
                             "answer_eval": answer_eval, "data_split": data_split})
+            labels[split].append({"data_id": data_id, "entity_id": f"Q{1000 + entity['index']}",
+                                  "entity_text": entity["title"]})
             if split == "val":
                 qtypes.append({"data_id": data_id, "question_type": qtype})
     files.train_ids = [r["data_id"] for r in splits["train"]]
@@ -146,6 +150,8 @@ def write_infoseek(root: str | Path, n_entities: int = 6, n_questions: int = 12,
     _write_jsonl(files.train_1k, splits["train"])
     _write_jsonl(files.val, splits["val"])
     _write_jsonl(files.qtypes, qtypes)
+    for split, records in labels.items():  # infoseek_{train,val}_withkb.jsonl: each question's entity
+        _write_jsonl(data / f"infoseek_{split}_withkb.jsonl", records)
     return files
 
 

@@ -77,3 +77,18 @@ def test_bad_inputs(tmp_path):
         read_question_types(qtype)
     with pytest.raises(DataError, match="must contain"):
         load_infoseek(data, image_pattern="img.jpg")
+
+
+def test_entity_labels_join_each_question_and_the_noise_snippet_avoids_that_entity(tmp_path):
+    from rablip.benchmarks.infoseek import load_infoseek
+    from rablip.synthetic.infoseek_files import write_infoseek
+
+    files = write_infoseek(tmp_path / "data", n_entities=3, n_questions=6, seed=0)
+    labels = files.train.parent / "infoseek_train_withkb.jsonl"
+    examples = load_infoseek(files.train, None, files.images, entity_labels_path=labels)
+    records = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert [(ex.extra["entity_id"], ex.extra["entity_text"]) for ex in examples] == [
+        (record["entity_id"], record["entity_text"]) for record in records]
+    assert len({ex.extra["entity_text"] for ex in examples}) == 3
+    unlabelled = load_infoseek(files.train, None, files.images)
+    assert all("entity_text" not in ex.extra for ex in unlabelled)
