@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from rablip.config.schema import Config
 from rablip.data.prepare import prepare_data
+from rablip.errors import ConfigError
 from rablip.stages.rundir import prepare_run_dir
-from rablip.training.checkpoint import write_final_dir
+from rablip.training.checkpoint import full_weights, write_final_dir
 from rablip.training.trainer import TrainingInterrupted
 from rablip.utils.dist import end_distributed
 from rablip.utils.logging import get_logger
@@ -40,7 +43,24 @@ def make_accelerator(cfg: Config) -> Accelerator:
     precision = cfg.train.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
+    _fsdp_on_cpu(accelerator)
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError("rablip trains with FSDP2 only: set fsdp_version: 2 in the accelerate config "
+                          "(configs/accelerate/fsdp*.yaml)")
+    return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Turn FSDP on for CPU ranks (gloo) launched with an FSDP config: accelerate enables FSDP on
+    accelerators only and would silently run DDP, though torch's FSDP2 runs on CPU. This sets what
+    accelerate sets for FSDP on GPUs (its plugin from the FSDP_* variables of the launch)."""
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or \
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # AcceleratorState() re-reads it
 
 
 def start_run(cfg: Config) -> tuple[Accelerator, Path]:
@@ -69,10 +89,13 @@ def interrupted(stop: TrainingInterrupted) -> int:
 def write_final(accelerator: Accelerator, run_dir: Path, save: Callable[[Path], None], done: str, steps: int) -> int:
     """The main process writes ``run_dir/final`` with ``save(directory)`` (atomically: see
     :func:`rablip.training.checkpoint.write_final_dir`); every process waits, closes the process group
-    and returns exit code 0."""
-    if accelerator.is_main_process:
-        write_final_dir(run_dir / "final", save)
-    accelerator.wait_for_everyone()
+    and returns exit code 0. Models that FSDP2 shards are gathered first, so ``save`` writes full weights."""
+    with ExitStack() as gathered:
+        for model in accelerator._models:  # the prepared models
+            gathered.enter_context(full_weights(model, accelerator.is_main_process))
+        if accelerator.is_main_process:
+            write_final_dir(run_dir / "final", save)
+        accelerator.wait_for_everyone()
     end_distributed()
     log.info("%s: %d steps, output in %s", done, steps, run_dir / "final")
     return 0

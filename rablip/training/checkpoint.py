@@ -13,6 +13,10 @@ of the same step that is written again (a SIGTERM right after a periodic save) f
 one aside (``.old-step-XXXXXXXX``, still a valid checkpoint until the new one is in place), and a
 checkpoint is deleted state file first, so a kill at any moment leaves every directory that looks
 complete readable. Nothing is unpickled on load.
+
+A model sharded by FSDP2 (its parameters are DTensors) gets a sharded checkpoint: each process writes
+its own slices of the weights and of the optimizer state (``model-rank00000-of-00002.safetensors``,
+``optimizer-rank...``) and reads them back on resume, so it resumes with the same number of processes.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5
+    from torch.distributed._tensor import DTensor
 
 from rablip.errors import RablipError
 from rablip.utils.io import atomic_write_json, replace_directory
@@ -52,6 +62,29 @@ class TrainerState:
     """Steps skipped for a non-finite loss (train.skip_nonfinite)."""
     history: list[dict] = field(default_factory=list)
     """Evaluation results so far (step and metrics)."""
+
+
+@dataclass(frozen=True)
+class Shards:
+    """This process among the processes of a model sharded by FSDP2, each holding a slice of every
+    sharded parameter; ``barrier`` waits for all of them."""
+
+    rank: int
+    world: int
+    barrier: Callable[[], None]
+
+    def file(self, stem: str) -> str:
+        return f"{stem}-rank{self.rank:05d}-of-{self.world:05d}.safetensors"
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 shards ``model`` (some of its parameters are DTensors)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's slice of a DTensor; any other tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -85,13 +118,45 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _local_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: local_tensor(p).detach().to("cpu").contiguous()
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def full_weights(model: torch.nn.Module, is_main: bool) -> Iterator[None]:
+    """Within the block, the main process's ``model`` holds every parameter that FSDP2 shards as its full
+    tensor (on CPU), so that its ``state_dict()`` and ``save_pretrained`` write full weights; the
+    sharded parameters are put back afterwards. A collective: every process enters it (nothing
+    happens for a model that is not sharded). Parameters tied to each other stay tied."""
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    full: dict[int, torch.nn.Parameter | None] = {}
+    try:
+        with torch.no_grad():
+            for module in model.modules():  # the same order on every process, so the gathers pair up
+                for name, param in list(module._parameters.items()):
+                    if not isinstance(param, DTensor):
+                        continue
+                    if id(param) not in full:
+                        gathered = param.full_tensor()
+                        full[id(param)] = torch.nn.Parameter(gathered.to("cpu"), requires_grad=param.requires_grad) \
+                            if is_main else None
+                    if is_main:
+                        swapped.append((module, name, param))
+                        module._parameters[name] = full[id(param)]
+        yield
+    finally:
+        for module, name, param in swapped:
+            module._parameters[name] = param
+
+
 def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().to("cpu").contiguous()
+                tensors[f"{index}.{name}"] = local_tensor(value).detach().to("cpu").contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -103,6 +168,19 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _as_dtensors(state: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Make this process's slices of a sharded optimizer state DTensors laid out as their parameters."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state dict's numbering
+    for index, values in state["state"].items():
+        param = params[index]
+        if not isinstance(param, DTensor):
+            continue
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and name != "step" and value.shape == param.to_local().shape:
+                values[name] = DTensor.from_local(value.to(param.device), param.device_mesh, param.placements,
+                                                  shape=param.shape, stride=param.stride())
 
 
 def _rng_to_files() -> tuple[dict[str, torch.Tensor], dict]:
@@ -129,31 +207,47 @@ def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: TrainerState, keep_last: int) -> Path:
-    """Write a checkpoint of ``state.step`` atomically and prune old ones (the best one is kept)."""
+                    state: TrainerState, keep_last: int, shards: Shards | None = None) -> Path:
+    """Write a checkpoint of ``state.step`` atomically and prune old ones (the best one is kept).
+
+    With ``shards`` (a model sharded by FSDP2) every process calls it and writes its slices of the
+    weights and optimizer state; rank 0 writes the rest and renames the directory into place once all
+    slices are written."""
     final = checkpoint_dir(run_dir, state.step)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_file(trainable_state_dict(model), str(tmp / "model.safetensors"))
-        tensors, meta = _optimizer_to_files(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        atomic_write_json(tmp / "optimizer.json", meta, indent=None)
-        rng_tensors, rng_meta = _rng_to_files()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        atomic_write_json(tmp / "rng.json", rng_meta, indent=None)
-        atomic_write_json(tmp / STATE_FILE, asdict(state))
-        # A re-save of the same step (e.g. SIGTERM right after a periodic save) moves the old one aside.
-        replace_directory(tmp, final, final.with_name(ASIDE + final.name), remove=remove_checkpoint)
-    except OSError as exc:  # disk full, quota, permissions: say where, keep the earlier checkpoints
+    main = shards is None or shards.rank == 0
+    tmp = final.with_name(f".tmp-{final.name}-{'sharded' if shards else os.getpid()}")
+    if main:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    try:
+        tensors, meta = _optimizer_to_files(optimizer)
+        if shards is None:
+            save_file(trainable_state_dict(model), str(tmp / "model.safetensors"))
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        else:
+            shards.barrier()  # the directory exists
+            save_file(_local_trainable(model), str(tmp / shards.file("model")))
+            save_file(tensors, str(tmp / shards.file("optimizer")))
+            shards.barrier()  # every slice is written
+        if main:
+            atomic_write_json(tmp / "optimizer.json", meta, indent=None)
+            rng_tensors, rng_meta = _rng_to_files()
+            save_file(rng_tensors, str(tmp / "rng.safetensors"))
+            atomic_write_json(tmp / "rng.json", rng_meta, indent=None)
+            atomic_write_json(tmp / STATE_FILE, asdict(state))
+            # A re-save of the same step (e.g. SIGTERM right after a periodic save) moves the old one aside.
+            replace_directory(tmp, final, final.with_name(ASIDE + final.name), remove=remove_checkpoint)
+    except OSError as exc:  # disk full, quota, permissions: say where, keep the earlier checkpoints
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise RablipError(f"cannot write the checkpoint {final}: {exc.strerror or exc}. Earlier checkpoints are "
                           "intact; free space (or fix the directory), then continue with run.resume=true.") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(run_dir, keep_last, state.best_step)
+    if main:
+        _prune(run_dir, keep_last, state.best_step)
     return final
 
 
@@ -180,13 +274,30 @@ def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
             remove_checkpoint(leftover)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainerState:
-    """Restore weights, optimizer and RNG states from a checkpoint; returns the trainer state."""
+def _check_layout(path: Path, shards: Shards | None) -> None:
+    """Refuse a sharded checkpoint for an unsharded model and the other way round, or other process counts."""
+    written = sorted(path.glob("model-rank*-of-*.safetensors"))
+    wanted = shards.file("model") if shards else "model.safetensors"
+    if (path / wanted).is_file() or not written and not (path / "model.safetensors").is_file():
+        return  # a missing file is reported as unreadable
+    was = f"sharded by {int(written[0].stem.rsplit('-of-', 1)[1])} FSDP processes" if written else "not sharded"
+    now = f"sharded by {shards.world} FSDP processes" if shards else "not sharded"
+    raise RablipError(f"checkpoint {path} was written {was}, this run is {now}; resume with the launch "
+                      "(FSDP or not, number of processes) that wrote it")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    shards: Shards | None = None) -> TrainerState:
+    """Restore weights, optimizer and RNG states from a checkpoint (this process's slices of a sharded
+    one with ``shards``); returns the trainer state."""
     path = Path(path)
+    _check_layout(path, shards)
+    model_file, optimizer_file = (shards.file("model"), shards.file("optimizer")) if shards else (
+        "model.safetensors", "optimizer.safetensors")
     try:
         state = TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
-        weights = load_file(str(path / "model.safetensors"))
-        optimizer_files = (load_file(str(path / "optimizer.safetensors")),
+        weights = load_file(str(path / model_file))
+        optimizer_files = (load_file(str(path / optimizer_file)),
                            json.loads((path / "optimizer.json").read_text(encoding="utf-8")))
         rng_files = (load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as exc:
@@ -199,9 +310,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                           f"(missing: {missing[:10]}, unexpected: {unexpected[:10]}); was model.trainable changed?")
     with torch.no_grad():
         for name, value in weights.items():
-            trainable[name].copy_(value)
+            local_tensor(trainable[name]).copy_(value)
     if optimizer is not None:
-        optimizer.load_state_dict(_optimizer_from_files(*optimizer_files))
+        optimizer_state = _optimizer_from_files(*optimizer_files)
+        if shards is not None:
+            _as_dtensors(optimizer_state, optimizer)
+        optimizer.load_state_dict(optimizer_state)
     _restore_rng(*rng_files)
     return state
 

@@ -29,9 +29,12 @@ from rablip.config.schema import Config
 from rablip.errors import RablipError
 from rablip.training.checkpoint import (
     CHECKPOINTS,
+    Shards,
     TrainerState,
+    is_sharded,
     latest_checkpoint,
     load_checkpoint,
+    local_tensor,
     save_checkpoint,
 )
 from rablip.training.metrics_log import MetricsLog
@@ -167,7 +170,7 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
     state = TrainerState()
     resume_from = latest_checkpoint(run_dir) if cfg.run.resume else None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, unwrapped, optimizer)
+        state = load_checkpoint(resume_from, unwrapped, optimizer, _shards(accelerator, unwrapped))
         log.info("resumed from %s (step %d)", resume_from, state.step)
     elif cfg.run.resume:
         log.info("run.resume=true but %s holds no checkpoint: starting from step 0", run_dir)
@@ -300,17 +303,33 @@ def _evaluate(cfg: Config, evaluate: Callable[[torch.nn.Module], dict[str, float
     log.info("eval at step %d: %s", state.step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
 
 
-def _assert_finite_weights(model: torch.nn.Module, step: int) -> None:
-    for name, param in model.named_parameters():
-        if param.requires_grad and not torch.isfinite(param).all():
-            raise RablipError(f"parameter {name} is not finite at step {step}; nothing was saved. "
-                              "Lower train.lr or check the data.")
+def _assert_finite_weights(model: torch.nn.Module, step: int, accelerator: Accelerator | None = None) -> None:
+    """Raise when a trainable weight is not finite; with ``accelerator`` (sharded weights, every process
+    checks its slices) every process raises when any found one."""
+    bad = next((name for name, param in model.named_parameters()
+                if param.requires_grad and not torch.isfinite(local_tensor(param)).all()), None)
+    if accelerator is not None and _any_process(accelerator, bad is not None):
+        bad = bad or "(a slice on another process)"
+    if bad is not None:
+        raise RablipError(f"parameter {bad} is not finite at step {step}; nothing was saved. "
+                          "Lower train.lr or check the data.")
+
+
+def _shards(accelerator: Accelerator, model: torch.nn.Module) -> Shards | None:
+    """With FSDP2, each process checkpoints its own slices of the weights and optimizer state."""
+    if not is_sharded(model):
+        return None
+    return Shards(accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone)
 
 
 def _save(accelerator: Accelerator, run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
           state: TrainerState, keep_last: int) -> Path:
     path = run_dir / "checkpoints"
-    if accelerator.is_main_process:
+    shards = _shards(accelerator, model)
+    if shards is not None:  # every process writes its slices
+        _assert_finite_weights(model, state.step, accelerator)
+        path = save_checkpoint(run_dir, model, optimizer, state, keep_last, shards)
+    elif accelerator.is_main_process:
         _assert_finite_weights(model, state.step)
         path = save_checkpoint(run_dir, model, optimizer, state, keep_last)
     accelerator.wait_for_everyone()
