@@ -30,6 +30,8 @@ GENERATOR_MODULES = ("vision_model", "qformer", "query_tokens", "language_projec
 """The generator's module groups (train.lr_scale names these)."""
 TRAINABLE_MODULES = (*GENERATOR_MODULES, "fusion")
 """Module groups model.trainable names: the generator's and the retrieval encoder's fusion layers."""
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+CHECKPOINTED_PARTS = ("language_model", "qformer")
 
 
 @dataclass
@@ -134,8 +136,14 @@ class ModelConfig:
         default_factory=lambda: ["qformer", "query_tokens", "language_projection", "slot_embeddings"])
     """Modules that train; the rest are frozen (RA-BLIP: vision encoder and LLM frozen). The LLaVA family has
     vision_model (CLIP tower), language_projection (MLP projector) and language_model (plus fusion)."""
-    gradient_checkpointing: bool = False
-    """Recompute LLM and Q-Former activations in the backward pass to save memory."""
+    dtype: str = "auto"
+    """Dtype the generator's weights load in, memory-mapped from safetensors straight into it (no float32 copy of a
+    bf16 run's frozen weights). auto: bfloat16 when the run computes in bf16 (train.mixed_precision bf16, or auto on
+    a GPU with bf16), else float32. Trainable parameters are kept in float32 whatever this says (the optimizer's
+    master weights; frozen ones get neither gradients nor optimizer state)."""
+    gradient_checkpointing: list[str] = field(default_factory=list)
+    """Parts whose activations are recomputed in the backward pass to save memory: language_model, qformer
+    (InstructBLIP/BLIP-2 only). BENCHMARKS.md "Real sizes" measures what each saves."""
     multi_image: str = "per_slot"
     """How an example's images reach the LLM. per_slot: one Q-Former pass per image, num_query_tokens image
     tokens per image, slot tables on the query outputs. concat (RA-BLIP's release): the images' patch features
@@ -149,6 +157,9 @@ class ModelConfig:
         for name in self.trainable:
             check_choice("model.trainable", name, TRAINABLE_MODULES)
         check_choice("model.multi_image", self.multi_image, ("per_slot", "concat"))
+        check_choice("model.dtype", self.dtype, MODEL_DTYPES)
+        for name in self.gradient_checkpointing:
+            check_choice("model.gradient_checkpointing", name, CHECKPOINTED_PARTS)
 
 
 @dataclass

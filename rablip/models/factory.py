@@ -11,7 +11,12 @@ from pathlib import Path
 
 from rablip.config.schema import Config
 from rablip.errors import ConfigError
-from rablip.models.freezing import parameter_counts, set_gradient_checkpointing
+from rablip.models.freezing import (
+    keep_trainable_float32,
+    parameter_counts,
+    set_gradient_checkpointing,
+    weights_dtype,
+)
 from rablip.models.llava import RablipLlavaForConditionalGeneration
 from rablip.models.llava_loading import LLAVA_MODEL_TYPES
 from rablip.models.lora import apply_lora
@@ -47,11 +52,13 @@ def load_generator(cfg: Config, checkpoint: str | Path | None = None, *, for_tra
     """The generator from ``checkpoint`` (default: the run's base checkpoint) with the configured
     trainable modules, refinement and gradient checkpointing; parameter counts are logged. A
     checkpoint's saved LoRA adapter is merged on load; ``for_training`` adds fresh adapters of
-    ``model.lora`` (r > 0) to the LLM. ``model.refine`` reaches either family (LLaVA: ``refine_top_m``
+    ``model.lora`` (r > 0) to the LLM. Weights load in ``model.dtype`` (memory-mapped, no float32 detour);
+    trainable parameters are then float32. ``model.refine`` reaches either family (LLaVA: ``refine_top_m``
     and ``refine_space``). ConfigError for a setting the LLaVA family lacks
     (``model.multi_image=concat``, ``train.feature_cache``)."""
     path = Path(checkpoint) if checkpoint else generator_checkpoint_dir(cfg)
     family = generator_family(path)
+    dtype = weights_dtype(cfg.model.dtype, cfg.train.mixed_precision)
     if family is RablipLlavaForConditionalGeneration:
         unsupported = [key for key, on in (("model.multi_image=concat", cfg.model.multi_image == "concat"),
                                            ("train.feature_cache", cfg.train.feature_cache)) if on]
@@ -61,16 +68,18 @@ def load_generator(cfg: Config, checkpoint: str | Path | None = None, *, for_tra
         refine = cfg.model.refine
         model = family.from_pretrained(str(path), trainable_modules=generator_trainable_modules(cfg),
                                        refine_top_m=refine.top_m if refine.enabled else None,
-                                       refine_space=refine.space)
+                                       refine_space=refine.space, dtype=dtype)
     else:
         overrides = {"trainable_modules": generator_trainable_modules(cfg), "multi_image": cfg.model.multi_image,
                      "refine_top_m": cfg.model.refine.top_m if cfg.model.refine.enabled else None}
-        model = family.from_pretrained(str(path), **overrides)
+        model = family.from_pretrained(str(path), dtype=dtype, **overrides)
     lora = cfg.model.lora
     if for_training and apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules):
         log.info("LoRA adapters (r=%d, alpha=%s) on the LLM's %s", lora.r, lora.alpha, list(lora.target_modules))
-    if cfg.model.gradient_checkpointing:
-        set_gradient_checkpointing(model, language_model=True, qformer=True)
+    keep_trainable_float32(model)
+    parts = cfg.model.gradient_checkpointing
+    if parts:
+        set_gradient_checkpointing(model, language_model="language_model" in parts, qformer="qformer" in parts)
     parameter_counts(model)  # logs total/trainable per module group
     return model
 

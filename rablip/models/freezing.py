@@ -69,24 +69,25 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     return counts
 
 
-def frozen_dtype_for(model: nn.Module, device: torch.device | str) -> torch.dtype:
-    """bf16 for frozen parts on GPU (never fp16: T5 overflows in fp16), fp32 on CPU."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+def weights_dtype(name: str, mixed_precision: str) -> torch.dtype:
+    """The dtype ``model.dtype`` = ``name`` names; ``auto``: bf16 when ``train.mixed_precision`` resolves to
+    bf16 (``bf16``, or ``auto`` on a GPU with bf16), else float32."""
+    if name != "auto":
+        return getattr(torch, name)
+    bf16 = mixed_precision == "bf16" or (
+        mixed_precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return torch.bfloat16 if bf16 else torch.float32
 
 
-def apply_precision(model: nn.Module, device: torch.device | str) -> torch.dtype:
-    """Move to ``device``; frozen module groups in :func:`frozen_dtype_for`, trainable ones in fp32."""
-    frozen_dtype = frozen_dtype_for(model, device)
-    model.to(device)
-    trainable = model.config.trainable_modules
-    for group in ("vision_model", "language_model"):
-        getattr(model, group).to(frozen_dtype if group not in trainable else torch.float32)
-    for group in ("qformer", "language_projection"):
-        getattr(model, group).to(torch.float32)
-    return frozen_dtype
+def keep_trainable_float32(model: nn.Module) -> int:
+    """Cast every trainable (``requires_grad``) parameter that is not float32 to float32, in place: the
+    optimizer's master weights, whatever dtype the frozen weights were loaded in. Returns how many were cast."""
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
 
 
 def is_checkpointing(part: nn.Module) -> bool:

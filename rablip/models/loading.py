@@ -283,10 +283,15 @@ def load_trainable_weights(model: torch.nn.Module, weights_file: Path) -> None:
     tied = info.get("tied", {})
     missing = [key for key in model_state if group_of(key) in groups and key not in state and key not in tied]
     check_loading_info(weights_file, missing, unexpected, mismatched)
+    parameters = dict(model.named_parameters())
     with torch.no_grad():
         for key, tensor in state.items():
             target = model_state[key]
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            if key in parameters and tensor.dtype == torch.float32 and target.dtype != torch.float32:
+                # trained weights keep their float32 precision over a base loaded in bf16 (model.dtype)
+                parameters[key].data = tensor.to(target.device)
+            else:
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
 
 
 def trainable_metadata(groups: list[str], tied: dict[str, str] | None = None) -> dict[str, str]:

@@ -228,16 +228,20 @@ def answer_and_write(cfg: Config, accelerator: Accelerator, run_dir: Path, examp
              if kb and cfg.eval.noisy_fraction else None)
     show = accelerator.is_main_process
     with accelerator.autocast():
+        answering = time.perf_counter()
         answers = answer_split(answer, examples, ranked, k, noisy, show, f"answering {split} (k={k})")
+        answer_seconds = time.perf_counter() - answering
         sweep_answers = {other: answer_split(answer, examples, ranked, other, None, show, f"k sweep: k={other}")
                          for other in sweep if other != k}
     if accelerator.is_main_process:
-        write_outputs(cfg, run_dir, examples, answers, sweep_answers, ranked, kb, started)
+        write_outputs(cfg, run_dir, examples, answers, sweep_answers, ranked, kb, started, answer_seconds)
 
 
 def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], answers: list[Answer],
-                  sweep_answers: dict[int, list[Answer]], ranked: Ranked, kb: KBStore | None, started: float) -> None:
-    """Predictions, scores, metrics.json and the report (main process)."""
+                  sweep_answers: dict[int, list[Answer]], ranked: Ranked, kb: KBStore | None, started: float,
+                  answer_seconds: float) -> None:
+    """Predictions, scores, metrics.json and the report (main process). ``answer_seconds``: the time this
+    process spent answering the split at ``retrieval.k`` (collation, references, generation)."""
     dataset, split_cfg = cfg.data.dataset, getattr(cfg.data, cfg.eval.split)
     benchmark = get_benchmark(dataset)
     path = benchmark.write_predictions(benchmark.predictions_file(run_dir), answers, split_cfg)
@@ -274,6 +278,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
                        "noisy_fraction": cfg.eval.noisy_fraction},
         "metric": metrics.get("scores", {}).get("metric"),
     }
+    metrics["answer_seconds"] = round(answer_seconds, 3)
     metrics["wall_seconds"] = round(time.time() - started, 2)
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     if labelled and metrics.get("main_score") is not None:
