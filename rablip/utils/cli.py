@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -14,6 +15,10 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     ``--debug`` anywhere on the command line shows the traceback instead.
     """
     argv = sys.argv[1:] if argv is None else argv
+    # transformers 5 swaps in Hub kernels when the `kernels` package is installed, fetching them from the Hub
+    # when a model is loaded or switched to eval mode; offline (clusters, the GPU image this was found on) that
+    # is a crash. rablip runs offline-first: Hub kernels stay off unless USE_HUB_KERNELS=YES is set.
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
     try:
         code = main(argv)
     except RablipError as exc:
