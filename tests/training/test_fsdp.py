@@ -15,6 +15,8 @@ Tolerances: 2 ranks differ from one process (or from DDP) only in the order of f
 steps leaves room for growth without hiding a wrong average (a factor of 2 or a rank's batch missing).
 """
 
+from pathlib import Path
+
 import accelerate.commands.launch
 import pytest
 import torch
@@ -69,6 +71,19 @@ def fsdp_run(world):
     return out
 
 
+def assert_same_training(expected_run: Path, run_dir: Path) -> None:
+    """Six steps with the same losses and gradient norms (rel 1e-5: float32 summation order) and the same
+    final trainable weights."""
+    expected, got = losses(expected_run), losses(run_dir)
+    assert list(got) == list(range(1, 7))
+    for step, (loss, grad_norm) in expected.items():
+        assert got[step] == (pytest.approx(loss, rel=1e-5), pytest.approx(grad_norm, rel=1e-5)), step
+    a, b = load_file(str(expected_run / "final/model.safetensors")), load_file(str(run_dir / "final/model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].shape == b[name].shape and torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6), name
+
+
 def test_toy_task_under_fsdp_matches_one_process(tmp_path):
     base = ["train.max_steps=6", "train.warmup_steps=2", "train.lr=0.05", "train.save_every=3", "log.every=1",
             "train.grad_accum=2"]  # gradient accumulation: FSDP2's no_sync
@@ -78,28 +93,14 @@ def test_toy_task_under_fsdp_matches_one_process(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert "toy training on DistributedType.FSDP" in two.stderr  # not DDP
     assert {p.name for p in (tmp_path / "two/checkpoints/step-00000006").glob("*-rank*")} == SHARD_FILES
-    expected, got = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert list(got) == list(range(1, 7))
-    for step, (loss, grad_norm) in expected.items():
-        assert got[step] == (pytest.approx(loss, rel=1e-5), pytest.approx(grad_norm, rel=1e-5)), step
-    a, b = load_file(str(tmp_path / "one/final/model.safetensors")), load_file(str(tmp_path / "two/final/model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].shape == b[name].shape and torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6), name
+    assert_same_training(tmp_path / "one", tmp_path / "two")
 
 
 def test_finetune_under_fsdp_matches_ddp_on_the_same_ranks(world, fsdp_run):
     ddp = world.parent / "ddp"
     result = run(FINETUNE, finetune_args(world, ddp, *SHORT), processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected, got = losses(ddp), losses(fsdp_run)
-    assert list(got) == list(range(1, 7))
-    for step, (loss, grad_norm) in expected.items():
-        assert got[step] == (pytest.approx(loss, rel=1e-5), pytest.approx(grad_norm, rel=1e-5)), step
-    a, b = load_file(str(ddp / "final/model.safetensors")), load_file(str(fsdp_run / "final/model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].shape == b[name].shape and torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6), name
+    assert_same_training(ddp, fsdp_run)
 
 
 def test_checkpoints_are_sharded_slices_of_the_full_weights(fsdp_run):
