@@ -20,16 +20,18 @@ each as a subprocess with its log in ``DIR/logs/``:
 5. fine-tune three generators from the same aligned generator and pre-trained encoder (``run_finetune.py``):
    ``no_retrieval`` (question image and question only), ``ra`` (the retriever's top k, clean) and
    ``ra_askg`` (ASKG: noise ratio 0.5, selection weight 0.1, plus a random noise snippet);
-6. evaluate each on the test split (``run_eval.py``) with clean retrieval and with noisy retrieval
-   (half of the k references replaced by random knowledge-base items);
+6. evaluate each on the test split (``run_eval.py``) with clean retrieval, with noisy retrieval
+   (half of the k references replaced by random knowledge-base items) and with hard-noisy retrieval
+   (``eval.noisy_mode=hard``: the same half replaced by the retriever's own next-ranked wrong items);
 7. knowledge edit: change facts of 20% of the test entities in the knowledge base, rebuild the store
    and the index (no retraining) and answer the affected questions again with ``ra_askg``;
 8. with ``--rora`` (off by default; nothing above changes): RORA-VLM's variant, the world's tiny LLaVA
    (``make_synthetic.py --only ...,llava``) fine-tuned with ``synthetic_rora_finetune.yaml`` (two-stage
    snippets, visual token refinement, a noise snippet; LoRA) and evaluated with ``synthetic_rora_eval.yaml``
-   (``results.json``: ``rora``).
+   (``results.json``: ``rora``), also with hard-noisy retrieval.
 
-Writes ``DIR/results.json`` and prints one table; each evaluation's ``report.html`` is linked.
+Writes ``DIR/results.json`` (with each job's wall time in ``stage_seconds``) and prints one table; each
+evaluation's ``report.html`` is linked.
 Independent jobs run ``--jobs`` at a time (default 2), each on one CPU thread.
 """
 
@@ -40,6 +42,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +190,7 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
             jobs.append(Job(f"eval_{variant}_noisy", stage("run_eval.py", "eval", f"eval_{variant}_noisy", checkpoint,
                                                            *source, f"eval.noisy_fraction={NOISY_FRACTION}",
                                                            "eval.k_sweep=[]"), [f"finetune_{variant}"]))
+            jobs.append(hard_noisy_job(stage, "eval", variant, checkpoint, *source))
     edited = [f"data.kb.path={world / 'kb_edited.jsonl'}", f"data.kb.store_dir={world / 'kb_store_edited'}",
               f"retrieval.index_dir={world / 'index_edited'}"]
     jobs += [
@@ -206,8 +210,17 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     if rora:
         jobs += [Job("finetune_rora", stage("run_finetune.py", "rora_finetune", "finetune_rora", *finetune), ["index"]),
                  Job("eval_rora", stage("run_eval.py", "rora_eval", "eval_rora",
-                                        f"eval.checkpoint={out / 'finetune_rora' / 'final'}"), ["finetune_rora"])]
+                                        f"eval.checkpoint={out / 'finetune_rora' / 'final'}"), ["finetune_rora"]),
+                 hard_noisy_job(stage, "rora_eval", "rora", f"eval.checkpoint={out / 'finetune_rora' / 'final'}")]
     return jobs
+
+
+def hard_noisy_job(stage: Callable[..., list[str]], config: str, variant: str, *overrides: str) -> Job:
+    """``eval_<variant>_hard_noisy``: the variant's evaluation with the noisy fraction of its references replaced
+    by the retriever's own next-ranked wrong items (``eval.noisy_mode=hard``)."""
+    name = f"eval_{variant}_hard_noisy"
+    return Job(name, stage("run_eval.py", config, name, *overrides, f"eval.noisy_fraction={NOISY_FRACTION}",
+                           "eval.noisy_mode=hard", "eval.k_sweep=[]"), [f"finetune_{variant}"])
 
 
 def group_scores(eval_dir: Path) -> dict[str, float]:
@@ -226,9 +239,10 @@ def knowledge_edit_counts(out: Path) -> dict[str, int]:
             "follows_old_fact": sum(given[qid] == normalize_answer(q["old"]) for qid, q in questions.items())}
 
 
-def collect(out: Path, seed: int, entities: int, wall: float, rora: bool = False) -> dict:
+def collect(out: Path, seed: int, entities: int, wall: float, rora: bool = False,
+            stage_seconds: dict[str, float] | None = None) -> dict:
     """``results.json``: retrieval recall, per-variant accuracies, knowledge-edit counts (and, with ``rora``,
-    the RORA variant's accuracies)."""
+    the RORA variant's accuracies) and each job's wall time (``stage_seconds``)."""
     retrieval = read_json(out / "retrieval" / "metrics.json")["retrieval"]
     uninstructed = read_json(out / "retrieval_uninstructed" / "metrics.json")["retrieval"]
     variants = {}
@@ -239,16 +253,22 @@ def collect(out: Path, seed: int, entities: int, wall: float, rora: bool = False
                              "seen_knowledge_acc": clean.get("knowledge/seen", 0.0),
                              "visual_acc": clean.get("visual", 0.0),
                              "noisy_unseen_knowledge_acc": noisy.get("knowledge/unseen", 0.0)}
+        if variant != "no_retrieval":
+            hard = group_scores(out / f"eval_{variant}_hard_noisy")
+            variants[variant]["hard_noisy_unseen_knowledge_acc"] = hard.get("knowledge/unseen", 0.0)
     results = {"seed": seed, "entities": entities, "wall_seconds": round(wall, 1),
                "retrieval": {"recall@1": retrieval["recall@1"], "recall@5": retrieval["recall@5"],
                              "recall@1_uninstructed": uninstructed["recall@1"]},
                "variants": variants, "knowledge_edit": knowledge_edit_counts(out),
-               "reports": {variant: str(out / f"eval_{variant}" / "report.html") for variant in VARIANTS}}
+               "reports": {variant: str(out / f"eval_{variant}" / "report.html") for variant in VARIANTS},
+               "stage_seconds": {name: round(seconds, 1) for name, seconds in (stage_seconds or {}).items()}}
     if rora:
         scores = group_scores(out / "eval_rora")
         results["rora"] = {"unseen_knowledge_acc": scores.get("knowledge/unseen", 0.0),
                            "seen_knowledge_acc": scores.get("knowledge/seen", 0.0),
-                           "visual_acc": scores.get("visual", 0.0)}
+                           "visual_acc": scores.get("visual", 0.0),
+                           "hard_noisy_unseen_knowledge_acc": group_scores(out / "eval_rora_hard_noisy").get(
+                               "knowledge/unseen", 0.0)}
         results["reports"]["rora"] = str(out / "eval_rora" / "report.html")
     return results
 
@@ -257,15 +277,17 @@ def table(results: dict) -> str:
     """The results as a plain-text table, with each target and whether it was met."""
     lines = [f"rablip synthetic knowledge-VQA demo (seed {results['seed']}, {results['entities']} entities, "
              f"{results['wall_seconds'] / 60:.1f} min)", "",
-             f"{'variant':14s} {'unseen know.':>12s} {'seen know.':>10s} {'visual':>7s} {'noisy unseen':>12s}"]
-    for name, v in results["variants"].items():
-        noisy = f"{v['noisy_unseen_knowledge_acc']:12.1f}" if name != "no_retrieval" else f"{'-':>12s}"
+             f"{'variant':14s} {'unseen know.':>12s} {'seen know.':>10s} {'visual':>7s} {'noisy unseen':>12s} "
+             f"{'hard noisy':>10s}"]
+
+    def cell(v: dict, key: str, width: int) -> str:
+        return f"{v[key]:{width}.1f}" if key in v else f"{'-':>{width}s}"
+
+    rows = [*results["variants"].items(), *([("rora", results["rora"])] if "rora" in results else [])]
+    for name, v in rows:  # rora (--rora): the tiny LLaVA (no target)
+        noisy = cell(v, "noisy_unseen_knowledge_acc", 12) if name != "no_retrieval" else f"{'-':>12s}"
         lines.append(f"{name:14s} {v['unseen_knowledge_acc']:12.1f} {v['seen_knowledge_acc']:10.1f} "
-                     f"{v['visual_acc']:7.1f} {noisy}")
-    if "rora" in results:  # --rora: the tiny LLaVA (no target)
-        v = results["rora"]
-        lines.append(f"{'rora':14s} {v['unseen_knowledge_acc']:12.1f} {v['seen_knowledge_acc']:10.1f} "
-                     f"{v['visual_acc']:7.1f} {'-':>12s}")
+                     f"{v['visual_acc']:7.1f} {noisy} {cell(v, 'hard_noisy_unseen_knowledge_acc', 10)}")
     r, e = results["retrieval"], results["knowledge_edit"]
     lines += ["", f"retrieval: recall@1 {r['recall@1']:.1f}, recall@5 {r['recall@5']:.1f}, "
                   f"recall@1 without the question instructing the Q-Former {r['recall@1_uninstructed']:.1f}",
@@ -299,10 +321,10 @@ def main(argv: list[str]) -> int:
         raise RablipError(f"--out {out} is not empty; choose a new directory (or delete this one).")
     started = time.time()
     print(f"rablip demo: seed {args.seed}, {args.entities} entities, output in {out}", flush=True)
-    JobRunner(out / "logs", args.jobs).run(plan(out, args.seed, args.entities, args.pretrain_steps,
-                                                args.finetune_steps, args.reading_steps, args.vision_steps,
-                                                args.align_steps, args.rora))
-    results = collect(out, args.seed, args.entities, time.time() - started, args.rora)
+    runner = JobRunner(out / "logs", args.jobs)
+    runner.run(plan(out, args.seed, args.entities, args.pretrain_steps, args.finetune_steps, args.reading_steps,
+                    args.vision_steps, args.align_steps, args.rora))
+    results = collect(out, args.seed, args.entities, time.time() - started, args.rora, runner.durations)
     atomic_write_json(out / "results.json", results)
     print()
     print(table(results))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT_KEYS = {"unseen_knowledge_acc", "seen_knowledge_acc", "visual_acc", "noisy_unseen_knowledge_acc"}
+RETRIEVAL_VARIANT_KEYS = VARIANT_KEYS | {"hard_noisy_unseen_knowledge_acc"}
 
 
 def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
@@ -21,12 +22,13 @@ def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results) >= {"seed", "entities", "wall_seconds", "retrieval", "variants", "knowledge_edit"}
+    assert set(results) >= {"seed", "entities", "wall_seconds", "retrieval", "variants", "knowledge_edit",
+                            "stage_seconds"}
     assert (results["seed"], results["entities"]) == (1, 12)
     assert set(results["retrieval"]) == {"recall@1", "recall@5", "recall@1_uninstructed"}
     assert set(results["variants"]) == {"no_retrieval", "ra", "ra_askg"}
-    for values in results["variants"].values():
-        assert set(values) == VARIANT_KEYS
+    for name, values in results["variants"].items():
+        assert set(values) == (VARIANT_KEYS if name == "no_retrieval" else RETRIEVAL_VARIANT_KEYS)
         assert all(0 <= value <= 100 for value in values.values())
     edit = results["knowledge_edit"]
     assert set(edit) == {"edited_questions", "follows_new_fact", "follows_old_fact"}
@@ -38,6 +40,12 @@ def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
         assert (out / f"eval_{variant}" / "report.html").is_file()
         assert (out / f"eval_{variant}" / "predictions.json").is_file()
     assert (out / "eval_ra_askg_noisy" / "metrics.json").is_file()
+    hard = json.loads((out / "eval_ra_askg_hard_noisy" / "metrics.json").read_text())["recipe"]["references"]
+    assert (hard["noisy_mode"], hard["noisy_fraction"]) == ("hard", 0.5)
+    stages = results["stage_seconds"]
+    assert {"world", "pretrain", "eval_ra_hard_noisy", "eval_ra_askg_hard_noisy", "eval_edit"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert "hard noisy" in result.stdout
     assert (out / "world" / "index" / "retrieval_index.json").is_file()
     assert (out / "world" / "index_edited" / "retrieval_index.json").is_file()
     assert "targets:" in result.stdout and "ra_askg" in result.stdout

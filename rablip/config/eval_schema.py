@@ -24,6 +24,11 @@ class EvalConfig:
     noisy_fraction: float = 0.0
     """Replace this share of the k references (rounded half up; the lowest-ranked ones) by random items
     of other entities, then shuffle the k (robustness check)."""
+    noisy_mode: str = "random"
+    """Which items replace them: random (random knowledge-base items of other entities) or hard (the
+    retriever's own next-ranked wrong items: the question's ranked candidates below the top k that are not
+    relevant to it, nor of its entity; random ones where too few are ranked). hard needs retrieval.source
+    index or static (a ranking); the count, the kept items and the shuffle are random mode's."""
     k_sweep: list[int] = field(default_factory=list)
     """Also answer with the top k references for each of these k (clean retrieval) and plot accuracy
     against k in the report; the configured retrieval.k is always included."""
@@ -38,6 +43,7 @@ class EvalConfig:
         check_choice("eval.split", self.split, ("train", "val", "test"))
         check_positive("eval.num_beams", self.num_beams)
         check_range("eval.noisy_fraction", self.noisy_fraction, 0.0, 1.0)
+        check_choice("eval.noisy_mode", self.noisy_mode, ("random", "hard"))
         for k in self.k_sweep:
             check_positive("eval.k_sweep", k, allow_zero=True)
 

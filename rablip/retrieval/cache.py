@@ -12,7 +12,9 @@ re-ranker head beside the encoder), and the split's questions. A cache whose key
 recomputed, never reused.
 
 The cache keeps the top ``max(2 * retrieval.k, 10)`` items per question, not only ``k``: hard
-negatives (``askg.negatives=hard``) come from below the top k, and recall@10 needs ten.
+negatives (``askg.negatives=hard``) come from below the top k, and recall@10 needs ten. Hard-noise
+evaluation (``eval.noisy_mode=hard``) takes its replacements from below the top k too, and keeps at
+least ``k`` plus two candidates per replaced reference (:func:`cache_depth`).
 
 Under ``accelerate launch`` (torch.distributed initialised) every process retrieves its slice of
 the questions into a part file, the main process joins them, and all processes read the result.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,9 +48,19 @@ log = get_logger("rablip.retrieval")
 MIN_CACHE_DEPTH = 10
 
 
+def noise_count(fraction: float, k: int) -> int:
+    """How many of ``k`` references noisy evaluation replaces: ``fraction * k`` rounded half up."""
+    return min(k, math.floor(fraction * k + 0.5))
+
+
 def cache_depth(cfg: Config) -> int:
-    """Items kept per question: ``max(2 * retrieval.k, 10)``."""
-    return max(2 * cfg.retrieval.k, MIN_CACHE_DEPTH)
+    """Items kept per question: ``max(2 * retrieval.k, 10)``; with ``eval.noisy_mode=hard``, at least
+    ``k + 2 * replaced`` (two ranked candidates below the top k per replaced reference)."""
+    k = cfg.retrieval.k
+    depth = max(2 * k, MIN_CACHE_DEPTH)
+    if cfg.eval.noisy_mode == "hard":
+        depth = max(depth, k + 2 * noise_count(cfg.eval.noisy_fraction, k))
+    return depth
 
 
 def retrieve_examples(retriever: Retriever, examples: Sequence[QAExample], k: int, image_loader: ImageLoader,

@@ -14,6 +14,14 @@ with a relevant item's title), and the k references are then shuffled, so rank c
 Everything is seeded by ``run.seed`` and the question's position in the split, so the noisy set
 is the same for any number of processes.
 
+Hard noise (``eval.noisy_mode=hard``) replaces the same references by the retriever's own next-ranked
+wrong items instead: walking the question's ranking below its top k (the cache keeps enough of it,
+:func:`rablip.retrieval.cache.cache_depth`), the first items that are wrong in random mode's sense (not a
+relevant item, not of a relevant item's title), best first. A ranking with too few of them (a short static
+file, a small knowledge base) is filled up with random mode's items. Count, kept items, the order of the k
+(the same seeded permutation random mode applies) and the scores (None for every replacement) are random
+mode's: neither mode hands the generator a rank, a score or a label of the items it mixed in.
+
 Knowledge snippets (``retrieval.mode: two_stage``, :mod:`rablip.retrieval.snippets`): a snippet is
 identified by its anchor, the stage-1 image item, in the ranking (so recall@k and the other retrieval
 metrics on item ids measure stage 1, the anchors), and the ids of its attached stage-2 text items
@@ -24,7 +32,6 @@ travel beside the ranking in :attr:`References.snippet_texts` (from the results 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,7 @@ from rablip.data.kb import KBStore
 from rablip.data.random_items import RandomKBItems
 from rablip.data.records import QAExample
 from rablip.errors import ConfigError
-from rablip.retrieval.cache import cache_paths, retrieve_split_cached
+from rablip.retrieval.cache import cache_paths, noise_count, retrieve_split_cached
 from rablip.retrieval.static import Retrieved, Texts, read_retrieval, read_retrieval_texts
 
 Ranked = dict[str, list[tuple[str, float | None]]]
@@ -102,23 +109,27 @@ def ranked_references(cfg: Config, examples: Sequence[QAExample], split: str, ru
                       True, texts)
 
 
-def noise_count(fraction: float, k: int) -> int:
-    """How many of ``k`` references noisy evaluation replaces: ``fraction * k`` rounded half up."""
-    return min(k, math.floor(fraction * k + 0.5))
+NOISY_MODES = ("random", "hard")
 
 
 class NoisyReferences:
-    """Replaces the tail of a question's top-k by random KB items and shuffles (see the module doc);
-    with ``images_only`` (snippet references) by random image items of other entities."""
+    """Replaces the tail of a question's top-k by random KB items (``mode="random"``) or by the next-ranked
+    wrong items of its ranking (``mode="hard"``, random items where those run out), and shuffles (see the
+    module doc); with ``images_only`` (snippet references) the random items are image items of other entities."""
 
-    def __init__(self, kb: KBStore, fraction: float, seed: int, images_only: bool = False) -> None:
+    def __init__(self, kb: KBStore, fraction: float, seed: int, images_only: bool = False,
+                 mode: str = "random") -> None:
+        if mode not in NOISY_MODES:
+            raise ValueError(f"noisy references: mode {mode!r} is not one of {NOISY_MODES}")
         self.kb = kb
         self.fraction = fraction
         self.seed = seed
+        self.mode = mode
         self.random_items = RandomKBItems(kb, images_only=images_only)
 
     def __call__(self, example: QAExample, position: int, top: list[tuple[str, float | None]],
                  k: int) -> list[tuple[str, float | None]]:
+        """The k references of ``example`` (the ``position``-th question of its split) from its ranking ``top``."""
         replaced = noise_count(self.fraction, k)
         if replaced == 0:
             return top[:k]
@@ -127,6 +138,25 @@ class NoisyReferences:
         relevant = set(example.relevant_ids or [])
         exclude = relevant | {item_id for item_id, _ in kept}
         titles = {item.title for item in self.kb.get_many(sorted(relevant))} if relevant else set()
-        noise = [(item_id, None) for item_id in self.random_items(rng, k - len(kept), exclude, titles)]
-        mixed = kept + noise
+        # Hard mode draws random mode's items too (its fallback): the rng then reaches the shuffle in the same
+        # state, so both modes put the kept items and the replacement slots in the same places.
+        wanted = k - len(kept)
+        noise = self.random_items(rng, wanted, exclude, titles)
+        if self.mode == "hard":
+            hard = self.next_ranked_wrong(top[k:], wanted, exclude, titles)
+            noise = hard + [item_id for item_id in noise if item_id not in hard][:wanted - len(hard)]
+        mixed = kept + [(item_id, None) for item_id in noise]
         return [mixed[i] for i in rng.permutation(len(mixed))]
+
+    def next_ranked_wrong(self, below: list[tuple[str, float | None]], n: int, exclude: set[str],
+                          exclude_titles: set[str]) -> list[str]:
+        """The first ``n`` items of ``below`` (the ranking under the top k) that are not in ``exclude`` nor of an
+        entity (title) in ``exclude_titles``, in rank order; fewer when the ranking has fewer."""
+        picked: list[str] = []
+        candidates = [item_id for item_id, _ in below if item_id not in exclude]
+        for item_id, item in zip(candidates, self.kb.get_many(candidates), strict=True):
+            if len(picked) == n:
+                break
+            if item_id not in picked and item.title not in exclude_titles:
+                picked.append(item_id)
+        return picked

@@ -182,6 +182,10 @@ def evaluate(cfg: Config) -> int:
     if cfg.eval.retrieval_only and cfg.retrieval.source not in RETRIEVED_SOURCES:
         raise ConfigError(f"eval.retrieval_only scores a retriever: set retrieval.source to index or static "
                           f"(it is {cfg.retrieval.source!r}).")
+    if cfg.eval.noisy_mode == "hard" and cfg.retrieval.source not in RETRIEVED_SOURCES:
+        raise ConfigError(f"eval.noisy_mode=hard replaces references by the retriever's next-ranked wrong items: set "
+                          f"retrieval.source to index or static (it is {cfg.retrieval.source!r}, which ranks "
+                          "nothing), or eval.noisy_mode=random.")
     accelerator, run_dir = start_run(cfg)
     examples = load_split(cfg.data, cfg.eval.split)
     # References before the generator: a bad retrieval file or index is reported without waiting for
@@ -224,8 +228,8 @@ def answer_and_write(cfg: Config, accelerator: Accelerator, run_dir: Path, examp
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None) if max(sweep) > 0 else None
     collator = build_collator(cfg, model, max(sweep), mode="generate")
     answer = Answerer(cfg, model, collator, kb, snippet_texts)
-    noisy = (NoisyReferences(kb, cfg.eval.noisy_fraction, cfg.run.seed, images_only=snippet_texts is not None)
-             if kb and cfg.eval.noisy_fraction else None)
+    noisy = (NoisyReferences(kb, cfg.eval.noisy_fraction, cfg.run.seed, images_only=snippet_texts is not None,
+                             mode=cfg.eval.noisy_mode) if kb and cfg.eval.noisy_fraction else None)
     show = accelerator.is_main_process
     with accelerator.autocast():
         answering = time.perf_counter()
@@ -275,7 +279,7 @@ def write_outputs(cfg: Config, run_dir: Path, examples: Sequence[QAExample], ans
         "checkpoint": checkpoint_fingerprint(cfg.eval.checkpoint or cfg.model.checkpoint),
         "index": index_recipe(cfg),
         "references": {"source": cfg.retrieval.source, "k": cfg.retrieval.k,
-                       "noisy_fraction": cfg.eval.noisy_fraction},
+                       "noisy_fraction": cfg.eval.noisy_fraction, "noisy_mode": cfg.eval.noisy_mode},
         "metric": metrics.get("scores", {}).get("metric"),
     }
     metrics["answer_seconds"] = round(answer_seconds, 3)
