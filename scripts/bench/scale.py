@@ -50,7 +50,6 @@ from rablip.synthetic.published import (  # noqa: E402
     PUBLISHED,
     published_parameter_count,
     write_processor_files,
-    write_published_checkpoint,
 )
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -134,15 +133,16 @@ def probe(mode: str, args: argparse.Namespace, world: dict) -> tuple[dict, float
 
 
 def ensure_checkpoint(args: argparse.Namespace) -> Path:
-    """The checkpoint dir, written when absent (random weights in the published layout)."""
-    import torch
-
+    """The checkpoint dir, written when absent (random weights in the published layout) by a process of its
+    own: a child spawned later starts inside this process's memory, and its peak RSS counts whatever this
+    one still holds (a 7B model it built would count in every measurement, and crowd the machine)."""
     checkpoint = args.out / "checkpoint"
     if not (checkpoint / "config.json").is_file():
-        started = time.perf_counter()
-        write_published_checkpoint(args.model, checkpoint, reduced=args.reduced,
-                                   dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-        print(f"wrote {checkpoint} in {time.perf_counter() - started:.0f} s", flush=True)
+        seconds, _ = run_measured(["-c", f"from rablip.synthetic.published import write_published_checkpoint; "
+                                         f"import torch; write_published_checkpoint({args.model!r}, {str(checkpoint)!r}, "
+                                         f"reduced={args.reduced}, dtype=torch.{DTYPES[args.dtype]})"],
+                                  args.out / "checkpoint.log")
+        print(f"wrote {checkpoint} in {seconds:.0f} s", flush=True)
     elif not (checkpoint / "preprocessor_config.json").is_file():
         write_processor_files(args.model, checkpoint, args.reduced)
     return checkpoint
