@@ -92,7 +92,8 @@ def table(scale_dirs: list[Path], gpus: int, batch: int, k: int) -> str:
         optimizer = trainable * 12
         measured = activations.get(name)
         if measured:
-            per_k = " / ".join(f"{measured[f'k{each}'] / GIB:.2f}" for each in (0, 2, 5)) + " GiB (m)"
+            per_k = " / ".join(f"{measured[f'k{each}'] / GIB:.2f}" if f"k{each}" in measured else "-"
+                               for each in (0, 2, 5)) + " GiB (m)"
             act = measured[f"k{k}"] * batch
             one = gib(weights + optimizer + act, "c")
             sharded = gib((weights + optimizer) / gpus + act, "c")

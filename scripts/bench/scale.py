@@ -89,7 +89,11 @@ def overrides(model: str, out: Path, world: dict[str, str], dtype: str, batch: i
         "data.replay_share=0", "askg.enabled=false", "noise.random_snippets=0", "noise.counterfactual=0",
         f"train.batch_size={batch}", "train.warmup_steps=1", "train.eval_every=0", "train.save_every=100000",
         f"train.feature_cache={str(instructblip and k > 0).lower()}", "log.every=1", "data.num_workers=0",
-        "data.max_input_length=512", "model.fusion.checkpoint=",
+        "model.fusion.checkpoint=",
+        # LLaVA: 576 image tokens per image, so k = 2 needs 1,728 of them; its LLM recomputes activations in the
+        # backward pass, as LLaVA-1.5's LoRA recipe and rablip's RORA configs do (and transformers' model below)
+        *(["data.max_input_length=512"] if instructblip else
+          ["data.max_input_length=2048", "model.gradient_checkpointing=[language_model]"]),
     ]
 
 

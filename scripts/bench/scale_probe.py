@@ -90,7 +90,7 @@ def processor_view(checkpoint: Path, cfg) -> SimpleNamespace:
     llava = read_json(checkpoint / "config.json", "checkpoint config").get("model_type") == "llava"
     fields = {"base_checkpoint": str(checkpoint)} | ({} if llava else {"multi_image": cfg.model.multi_image})
     config = generator_family(checkpoint).config_class.from_pretrained(str(checkpoint), **fields)
-    view = SimpleNamespace(config=config, is_decoder_only=bool(config.use_decoder_only_language_model))
+    view = SimpleNamespace(config=config, is_decoder_only=llava or bool(config.use_decoder_only_language_model))
     if not llava:
         view.qformer = True
     return view
@@ -114,6 +114,9 @@ def load_transformers(cfg) -> tuple[torch.nn.Module, str, float, float]:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(TRAINED[family]))
     keep_trainable_float32(model)
+    if "language_model" in cfg.model.gradient_checkpointing:  # as rablip's load_generator switches it on
+        llm = model.model.language_model if family == "llava" else model.language_model
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, family, load_seconds, peak_rss_mib()  # as rablip's load_generator ends: trained modules float32
 
 
