@@ -122,7 +122,7 @@ def test_demo_rora_switch_adds_the_tiny_llava_and_its_runs_only_when_asked(monke
     rora = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None, rora=True)}
     assert "--only" not in plain["world"].argv and not any("rora" in name for name in plain)
     assert rora["world"].argv[rora["world"].argv.index("--only") + 1].split(",")[-1] == "llava"
-    assert set(rora) - set(plain) == {"finetune_rora", "eval_rora"}
+    assert set(rora) - set(plain) == {"finetune_rora", "eval_rora", "eval_rora_hard_noisy"}
     assert all(rora[name].argv == job.argv for name, job in plain.items() if name != "world")
     assert f"{EXPERIMENTS.name}/synthetic_rora_finetune.yaml" in " ".join(rora["finetune_rora"].argv)
     assert rora["eval_rora"].after == ["finetune_rora"] and rora["finetune_rora"].after == ["index"]
