@@ -40,13 +40,18 @@ from rablip.models.llava_config import RablipLlavaConfig
 from rablip.models.llava_refine import question_embedding, refinement_indices
 from rablip.models.loss import combine_losses, labelled_token_losses, per_sample_token_losses
 from rablip.models.rablip import RABlipOutput
-from rablip.models.slots import normalize_slot_inputs
+from rablip.models.slots import check_image_tokens, normalize_slot_inputs
 
 # llava-hf checkpoints keep the pre-v5 weight names (``language_model.model.*``); transformers renames
 # them by model_type, so rablip's model_type gets LLaVA's renaming (on load, and reversed on save).
 register_checkpoint_conversion_mapping(
     RablipLlavaConfig.model_type, get_checkpoint_conversion_mapping("llava"), overwrite=True
 )
+
+
+def _refuse_image_embeds(image_embeds: torch.Tensor | None, image_embeds_mask: torch.Tensor | None) -> None:
+    if image_embeds is not None or image_embeds_mask is not None:
+        raise ValueError("the LLaVA generator does not take precomputed image_embeds (train.feature_cache)")
 
 
 class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -150,16 +155,8 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         batch_index, slot_index = slots.image_slot_mask.nonzero(as_tuple=True)
         inputs_embeds = self.get_input_embeddings()(input_ids)
         per_image = self.config.num_query_tokens
-        image_positions = input_ids == self.config.image_token_index
-        expected = slots.image_slot_mask.sum(dim=1) * per_image
-        found = image_positions.sum(dim=1)
-        if not torch.equal(found.cpu(), expected.cpu()):
-            bad = (found != expected).nonzero().flatten().tolist()
-            raise ValueError(
-                f"image tokens (id {self.config.image_token_index}) in input_ids do not match the real image slots: "
-                f"examples {bad} have {found[bad].tolist()} image tokens, expected {expected[bad].tolist()} "
-                f"({per_image} per real slot)"
-            )
+        image_positions = check_image_tokens(input_ids, self.config.image_token_index,
+                                             slots.image_slot_mask.sum(dim=1) * per_image, f"{per_image} per real slot")
         if batch_index.numel() == 0:
             return inputs_embeds
         features = self.slot_tokens(slots.pixel_values[batch_index, slot_index], batch_index, slot_index,
@@ -194,8 +191,7 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         refinement only. ``image_embeds`` (precomputed features) are not supported by this family.
         """
         del qformer_input_ids, qformer_attention_mask  # no Q-Former
-        if image_embeds is not None or image_embeds_mask is not None:
-            raise ValueError("the LLaVA generator does not take precomputed image_embeds (train.feature_cache)")
+        _refuse_image_embeds(image_embeds, image_embeds_mask)
         if pixel_values is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **hf_kwargs)
         if attention_mask is None:
@@ -235,8 +231,7 @@ class RablipLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         """Generated answer token ids (B, T), the prompt cut off: transformers' ``generate`` over the
         multimodal input embeddings (``generate_kwargs``: num_beams, max_new_tokens, ...)."""
         del qformer_input_ids, qformer_attention_mask
-        if image_embeds is not None or image_embeds_mask is not None:
-            raise ValueError("the LLaVA generator does not take precomputed image_embeds (train.feature_cache)")
+        _refuse_image_embeds(image_embeds, image_embeds_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if pixel_values is None:

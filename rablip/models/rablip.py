@@ -30,7 +30,7 @@ from rablip.models.loss import combine_losses, labelled_token_losses, per_sample
 from rablip.models.multi_image import concat_example_features, patch_position_table
 from rablip.models.qformer import build_qformer, run_qformer
 from rablip.models.refine_hook import apply_refinement
-from rablip.models.slots import SlotBatch, normalize_slot_inputs
+from rablip.models.slots import SlotBatch, check_image_tokens, normalize_slot_inputs
 from rablip.models.vision import build_vision_model
 
 
@@ -219,17 +219,10 @@ class RABlipForConditionalGeneration(InstructBlipPreTrainedModel):
             features = self.get_slot_features(slots, interpolate_pos_encoding)
             images = slots.image_slot_mask.sum(dim=1)
         inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_positions = input_ids == self.config.image_token_index
-        expected = images * self.config.num_query_tokens
-        found = image_positions.sum(dim=1)
-        if not torch.equal(found.cpu(), expected.cpu()):
-            bad = (found != expected).nonzero().flatten().tolist()
-            raise ValueError(
-                f"image tokens (id {self.config.image_token_index}) in input_ids do not match the real image "
-                f"slots: examples {bad} have {found[bad].tolist()} image tokens, expected "
-                f"{expected[bad].tolist()} (num_query_tokens={self.config.num_query_tokens} per "
-                f"{'example with an image, multi_image=concat' if concat else 'real slot'})"
-            )
+        per = f"num_query_tokens={self.config.num_query_tokens} per " + (
+            "example with an image, multi_image=concat" if concat else "real slot")
+        image_positions = check_image_tokens(input_ids, self.config.image_token_index,
+                                             images * self.config.num_query_tokens, per)
         language_inputs = features.language_inputs.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_positions.unsqueeze(-1), language_inputs)
 

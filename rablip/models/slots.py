@@ -96,3 +96,17 @@ def normalize_slot_inputs(
     image_embeds, image_embeds_mask = _check_image_embeds(image_embeds, image_embeds_mask, image_slot_mask)
     return SlotBatch(pixel_values, qformer_input_ids, qformer_attention_mask, image_slot_mask, image_embeds,
                      image_embeds_mask)
+
+
+def check_image_tokens(input_ids: torch.Tensor, image_token_index: int, expected: torch.Tensor, per: str) -> torch.Tensor:
+    """The (B, L) positions of ``image_token_index`` in ``input_ids``; ValueError naming the examples whose count
+    differs from ``expected`` (B,), ``per`` saying what the expected count is made of."""
+    image_positions = input_ids == image_token_index
+    found = image_positions.sum(dim=1)
+    if not torch.equal(found.cpu(), expected.cpu()):
+        bad = (found != expected).nonzero().flatten().tolist()
+        raise ValueError(
+            f"image tokens (id {image_token_index}) in input_ids do not match the real image slots: examples {bad} "
+            f"have {found[bad].tolist()} image tokens, expected {expected[bad].tolist()} ({per})"
+        )
+    return image_positions
