@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rablip.errors import ConfigError, DataError
-from rablip.utils.io import PathLike
+from rablip.utils.io import PathLike, reading
 from rablip.utils.json_stream import JsonStream, open_json_text
 
 QUESTION_TYPES = ("templated", "automatic", "multi_answer", "2_hop")
@@ -53,14 +53,8 @@ class EvqaRow:
 
 
 def _open_csv(path: Path):
-    try:
+    with reading(path, SPLIT_WHAT):
         return path.open("r", encoding="utf-8-sig", newline="")
-    except FileNotFoundError:
-        raise DataError(f"{SPLIT_WHAT} not found: {path}. Check the path in your config.") from None
-    except IsADirectoryError:
-        raise DataError(f"{SPLIT_WHAT} {path} is a directory, expected a file.") from None
-    except OSError as err:
-        raise DataError(f"{SPLIT_WHAT} {path} cannot be read: {err}") from None
 
 
 def iter_evqa_rows(path: PathLike, required: Sequence[str]) -> Iterator[EvqaRow]:

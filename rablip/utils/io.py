@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,15 +37,23 @@ def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
     return line, column
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
+@contextmanager
+def reading(path: PathLike, what: str) -> Iterator[None]:
+    """Within the block, opening or reading ``path`` (a ``what``: "KB file", "split CSV", ...) fails with one
+    DataError that says what is wrong with it (missing, a directory, unreadable) instead of an OSError."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}. Check the path in your config.") from None
     except IsADirectoryError:
         raise DataError(f"{what} {path} is a directory, expected a file.") from None
     except OSError as err:
-        raise DataError(f"{what} {path} cannot be read: {err}") from err
+        raise DataError(f"{what} {path} cannot be read: {err}") from None
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    with reading(path, what):
+        return path.read_bytes()
 
 
 def _decode_utf8(data: bytes, path: Path, what: str, line: int | None = None) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rablip.errors import DataError
-from rablip.utils.io import PathLike
+from rablip.utils.io import PathLike, reading
 
 CHUNK_CHARS = 1 << 20
 """Characters read per refill (a value longer than this is read in growing pieces)."""
@@ -33,16 +33,10 @@ _TRUNCATION_MARGIN = 64
 def open_json_text(path: PathLike, what: str) -> IO[str]:
     """``path`` opened as UTF-8 text (a ``.gz`` file decompressed; a leading BOM skipped)."""
     path = Path(path)
-    try:
+    with reading(path, what):
         if path.suffix == ".gz":
             return gzip.open(path, "rt", encoding="utf-8-sig")
         return path.open("r", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}. Check the path in your config.") from None
-    except IsADirectoryError:
-        raise DataError(f"{what} {path} is a directory, expected a file.") from None
-    except OSError as err:
-        raise DataError(f"{what} {path} cannot be read: {err}") from None
 
 
 class JsonStream:
