@@ -31,11 +31,14 @@ from rablip.synthetic.files import (
     read_json,
     read_jsonl,
 )
+from rablip.synthetic.questions import asked_attribute, qualified
 from rablip.synthetic.render import render_entity
+from rablip.synthetic.scenes import scene_with
 from rablip.synthetic.viewing import invented_look, look_combinations
 
 _STREAM_NAMES = 9
 _STREAM_EXTRA_PAIRS = 10
+_STREAM_SCENE_PAIRS = 12
 IMAGE_DIR = "images"
 
 
@@ -50,15 +53,23 @@ class InventedPairs:
         self.avoided = look_combinations(avoid_looks)
         self.image_size = image_size
 
-    def pair(self, rng: np.random.Generator, facts: bool) -> tuple[Image.Image, KBItem]:
-        """A rendering of a new invented creature and its fact text (``facts``) or its caption."""
+    def pair(self, rng: np.random.Generator, facts: bool, asked: str | None = None
+             ) -> tuple[Image.Image, KBItem, str | None]:
+        """A rendering of a new invented creature and its fact text (``facts``) or its caption, and None; with
+        ``asked`` (the attribute the pair's question asks about), a scene of it beside a second invented
+        creature (:func:`rablip.synthetic.scenes.scene_with`), and the phrase that names it there."""
         name = self.names[int(rng.integers(len(self.names)))]
         creature = invented_entity(rng, name, invented_look(rng, self.avoided))
+        if asked is not None:
+            image, phrase, _ = scene_with(creature.attributes, lambda: invented_look(rng, self.avoided), asked, rng,
+                                          self.image_size)
+        else:
+            image, phrase = render_entity(creature.attributes, rng, self.image_size), None
         kind = "facts" if facts else "caption"
         text = creature.facts_text() if facts else creature.caption()
         item = KBItem(id=f"invented-{kind}-{name}-{creature.description}", modality="text", text=text,
                       title=name, source="invented")
-        return render_entity(creature.attributes, rng, self.image_size), item
+        return image, item, phrase
 
 
 def training_questions_by_item_kind(world_dir: str | Path) -> dict[str, list[str]]:
@@ -73,11 +84,14 @@ def training_questions_by_item_kind(world_dir: str | Path) -> dict[str, list[str
         for a in annotations)
 
 
-def write_invented_pairs(world_dir: str | Path, out_dir: str | Path, count: int, seed: int) -> dict[str, int]:
+def write_invented_pairs(world_dir: str | Path, out_dir: str | Path, count: int, seed: int,
+                         scene_share: float = 0.0) -> dict[str, int]:
     """Write ``count`` invented-creature pairs of the world in ``world_dir`` as ``out_dir/pairs.jsonl``
     with their renderings in ``out_dir/images/`` as PNG (lossless: the query sees the rendering's exact
     pixels, as when it was drawn in memory). Record r (its own random stream) is a fact text with a
-    training question a text item answers, or (half of them) a caption with one an image item answers."""
+    training question a text item answers, or (half of them) a caption with one an image item answers; a
+    ``scene_share`` of them (drawn from a stream of their own, so the others stay as they are) show the creature
+    beside a second one and name it in the question by a visible attribute."""
     world_dir, out_dir = Path(world_dir), Path(out_dir)
     manifest = load_manifest(world_dir)
     entities = manifest["entities"]
@@ -89,11 +103,18 @@ def write_invented_pairs(world_dir: str | Path, out_dir: str | Path, count: int,
     for record in range(count):
         rng = np.random.default_rng([seed, _STREAM_EXTRA_PAIRS, record])
         facts = bool(rng.random() < 0.5)
-        image, item = source.pair(rng, facts)
         pool = questions["text" if facts else "image"]
+        scene_rng = np.random.default_rng([seed, _STREAM_SCENE_PAIRS, record])
+        if scene_rng.random() < scene_share:
+            question = pool[int(scene_rng.integers(len(pool)))]
+            image, item, phrase = source.pair(rng, facts, asked_attribute(question) or "")
+            question = qualified(question, phrase)
+        else:
+            image, item, _ = source.pair(rng, facts)
+            question = pool[int(rng.integers(len(pool)))]
         image_path = f"{IMAGE_DIR}/{record:06d}.png"
         image.save(out_dir / image_path, format="PNG")
-        lines.append(json.dumps({"image": image_path, "question": pool[int(rng.integers(len(pool)))],
+        lines.append(json.dumps({"image": image_path, "question": question,
                                  "item": {"id": item.id, "text": item.text, "title": item.title}},
                                 ensure_ascii=False, separators=(",", ":")))
     (out_dir / EXTRA_PAIRS_NAME).write_text("\n".join(lines) + "\n" if lines else "", "utf-8")

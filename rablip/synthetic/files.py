@@ -9,6 +9,7 @@ world_dir/
   mscoco_{split}2014_annotations.json          OK-VQA annotations (+ relevant_ids, entity_id, ...)
   {split}2014/COCO_{split}2014_{image_id:012d}.jpg
   align/                                       the generator's alignment split (aligning.py), same layout
+  scene/                                       two-creature scenes of the test entities (scenes.py), same layout
   kb_edited.jsonl, edit/                       written by the knowledge-edit mode (edit.py)
   kb_store/                                    the knowledge-base store (make.py)
   tiny-instructblip-llama/                     the tiny generator checkpoint (tiny_model.py)
@@ -33,6 +34,7 @@ KB_IMAGE_DIR = "kb_images"
 EDITED_KB_NAME = "kb_edited.jsonl"
 EDIT_DIR = "edit"
 ALIGN_DIR = "align"
+SCENE_DIR = "scene"
 EDIT_MANIFEST_NAME = "edits.json"
 KB_STORE_DIR = "kb_store"
 TINY_CHECKPOINT_DIR = "tiny-instructblip-llama"

@@ -104,8 +104,10 @@ def make_extra_pairs(out_dir: Path, settings: SyntheticSettings, overwrite: bool
     if not settings.extra_pairs.count:
         return
     with build_beside(target, "settings.json") as build:
-        write_invented_pairs(out_dir, build.path, settings.extra_pairs.count, settings.seed)
-        build.commit({"count": settings.extra_pairs.count, "seed": settings.seed})
+        write_invented_pairs(out_dir, build.path, settings.extra_pairs.count, settings.seed,
+                             settings.extra_pairs.scene_share)
+        build.commit({"count": settings.extra_pairs.count, "seed": settings.seed,
+                      "scene_share": settings.extra_pairs.scene_share})
 
 
 BUILDERS = {"kb": make_kb_store, "checkpoint": make_checkpoint, "extra_pairs": make_extra_pairs, "llava": make_llava}

@@ -76,6 +76,32 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 KNOWLEDGE_ATTRIBUTES = ("habitat", "diet", "origin", "year")
 VISUAL_ATTRIBUTE_KEYS = ("colour", "shape", "pattern", "size")
+QUALIFIER_ATTRIBUTES = ("colour", "pattern", "shape")
+"""Attributes a scene question may name its creature by (a scene draws creatures at one scale, so not size)."""
+_SUBJECTS = (("this creature", "the {} creature"), ("this animal", "the {} animal"), ("is this?", "is the {} one?"))
+
+
+def qualifier(target: dict[str, str], other: dict[str, str], asked: str, rng: np.random.Generator) -> str | None:
+    """A phrase that tells ``target`` from ``other`` in a scene (``red``, ``striped``, ``star-shaped``) by an
+    attribute other than the ``asked`` one, drawn at random among those that differ; None when none does."""
+    options = [key for key in QUALIFIER_ATTRIBUTES if key != asked and target[key] != other[key]]
+    if not options:
+        return None
+    key = options[int(rng.integers(len(options)))]
+    return f"{target[key]}-shaped" if key == "shape" else target[key]
+
+
+def qualified(question: str, phrase: str) -> str:
+    """``question`` about "this creature" rewritten to ask about "the <phrase> creature"."""
+    for subject, replacement in _SUBJECTS:
+        if subject in question:
+            return question.replace(subject, replacement.format(phrase), 1)
+    raise ValueError(f"question {question!r} names no subject to qualify")
+
+
+def asked_attribute(question: str) -> str | None:
+    """The attribute a template question asks about; None for a text that is no template."""
+    return next((attribute for attribute, texts in TEMPLATES.items() if question in texts), None)
 
 
 def answer_of(entity: Entity, attribute: str) -> str:

@@ -28,6 +28,8 @@ RADIUS_RANGES = {"small": (0.17, 0.23), "large": (0.32, 0.40)}
 """Shape radius as a fraction of the image side, per size class (disjoint on purpose)."""
 MAX_ROTATION_DEGREES = 25.0
 SUPERSAMPLE = 4
+SCENE_SCALE = 0.5
+"""A scene's creatures are drawn at half their single-image size, so two fit side by side."""
 PATTERN_DARKEN = 0.35
 """Pattern marks are the shape's own colour, darkened: the hue (the colour answer) is kept."""
 
@@ -128,16 +130,42 @@ def render_entity(attributes: dict[str, str], rng: np.random.Generator, image_si
     radius = float(rng.uniform(low, high)) * image_size
     margin = radius + 1.0
     centre = (float(rng.uniform(margin, image_size - margin)), float(rng.uniform(margin, image_size - margin)))
+    return _finish(rng, image_size, [_creature(attributes, rng, image_size, centre, radius)], _background)
+
+
+def render_scene(looks: list[dict[str, str]], rng: np.random.Generator, image_size: int = 64,
+                 scale: float = SCENE_SCALE) -> Image.Image:
+    """Draw a scene: the creatures of ``looks`` side by side, each in its own vertical strip of the image,
+    drawn at ``scale`` times their single-image size (size classes keep their order within a scene)."""
+    strip = image_size / len(looks)
+    creatures = []
+    for index, look in enumerate(looks):
+        low, high = RADIUS_RANGES[look["size"]]
+        radius = float(rng.uniform(low, high)) * image_size * scale
+        margin = radius + 1.0
+        left, right = index * strip + margin, (index + 1) * strip - margin
+        centre = (float(rng.uniform(left, max(left, right))), float(rng.uniform(margin, image_size - margin)))
+        creatures.append(_creature(look, rng, image_size, centre, radius))
+    return _finish(rng, image_size, creatures, _background)
+
+
+def _creature(attributes: dict[str, str], rng: np.random.Generator, image_size: int, centre: tuple[float, float],
+              radius: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """One creature's (coverage, colour per pixel) for compositing, drawing its pose and colour jitter."""
     angle = math.radians(float(rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)))
     phase = (float(rng.uniform(0, 1)), float(rng.uniform(0, 1)))
     jitter = rng.uniform(-12, 12, size=3)
     noise_sigma = float(rng.uniform(2, 7))
-
-    background = _background(rng, image_size)
     fill = np.clip(np.array(COLOURS_RGB[attributes["colour"]], dtype=np.float32) + jitter, 0, 255)
     coverage = _shape_mask(attributes["shape"], image_size, centre, radius, angle)[..., None]
     marks = _pattern_mask(attributes["pattern"], image_size, centre, radius, angle, phase)[..., None]
-    shape_colour = fill * (1 - marks) + fill * PATTERN_DARKEN * marks
-    pixels = background * (1 - coverage) + shape_colour * coverage
-    pixels += rng.normal(0.0, noise_sigma, size=pixels.shape)
+    return coverage, fill * (1 - marks) + fill * PATTERN_DARKEN * marks, noise_sigma
+
+
+def _finish(rng: np.random.Generator, image_size: int, creatures: list, background) -> Image.Image:
+    """Composite ``creatures`` over a new background, add sensor noise (the first creature's sigma)."""
+    pixels = background(rng, image_size)
+    for coverage, colour, _ in creatures:
+        pixels = pixels * (1 - coverage) + colour * coverage
+    pixels += rng.normal(0.0, creatures[0][2], size=pixels.shape)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))

@@ -115,9 +115,11 @@ def prepare_tiny_generator(world_dir: str | Path, model_dir: Path, settings: Syn
         log.info("copy-ready LLM attention: %d layers", copy_ready_attention(model.language_model))
     entities = load_manifest(world_dir)["entities"]
     if warmup.vision_steps:
-        batches = viewing_batches(seed, VISION_WARMUP_BATCH, sizes.image_size, [e["attributes"] for e in entities])
+        scenes = warmup.scene_share > 0
+        batches = viewing_batches(seed, VISION_WARMUP_BATCH, sizes.image_size, [e["attributes"] for e in entities],
+                                  scene_share=warmup.scene_share)
         losses = warm_up_vision_model(model.vision_model, image_processor, model.config.vision_config.hidden_size,
-                                      class_counts(), batches, warmup.vision_steps, seed=seed)
+                                      class_counts(scenes), batches, warmup.vision_steps, seed=seed, scenes=scenes)
         _log_warm_up("vision viewing warm-up", losses)
     if warmup.reading_steps:
         examples = reading_examples(seed, [e["name"] for e in entities], [e["attributes"] for e in entities])

@@ -15,10 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 from PIL import Image, ImageOps
 
-from rablip.synthetic.render import render_entity
+from rablip.synthetic.render import render_entity, render_scene
 from rablip.synthetic.vocab import VISUAL_ATTRIBUTES
 
 _STREAM_VIEWING = 8
+_STREAM_VIEWING_SCENES = 13
+IGNORED = -100
+"""A label the warm-up's loss skips (cross-entropy's ignore index)."""
 POOL = 1024
 """Renderings a batch samples from (each mirrored left-right half of the time, as every shape is
 symmetric about its vertical axis): rendering a whole batch anew is most of a warm-up step's time."""
@@ -31,39 +34,60 @@ def attribute_label(attributes: Mapping[str, str]) -> list[int]:
     return [VISUAL_ATTRIBUTES[key].index(attributes[key]) for key in VISUAL_ATTRIBUTES]
 
 
-def class_counts() -> list[int]:
-    """How many values each visible attribute has, in the order of :func:`attribute_label`."""
-    return [len(values) for values in VISUAL_ATTRIBUTES.values()]
+def class_counts(scenes: bool = False) -> list[int]:
+    """How many values each visible attribute has, in the order of :func:`attribute_label` (three times over,
+    in the order of :func:`scene_label`, with ``scenes``)."""
+    return [len(values) for values in VISUAL_ATTRIBUTES.values()] * (3 if scenes else 1)
 
 
 def viewing_batches(seed: int, batch_size: int, image_size: int, avoid: Iterable[Mapping[str, str]] = (),
-                    pool: int = POOL, refresh: int = REFRESH) -> Iterator[tuple[list[Image.Image], list[list[int]]]]:
+                    pool: int = POOL, refresh: int = REFRESH, scene_share: float = 0.0,
+                    ) -> Iterator[tuple[list[Image.Image], list[list[int]]]]:
     """An endless, seeded stream of (renderings, attribute labels) batches of invented creatures.
 
     ``avoid`` holds attribute dicts (the world's entities'); no rendering has one of their combinations.
     With ``pool`` > 0 a pool of that many renderings is drawn first; batches sample it (mirrored at
     random) and after each batch ``refresh`` of its renderings are replaced by new ones. With 0 every
-    batch is rendered anew.
+    batch is rendered anew. With ``scene_share`` > 0 that share of the renderings are scenes of two creatures
+    (:func:`rablip.synthetic.render.render_scene`) and every label has three blocks (:func:`scene_label`).
     """
     rng = np.random.default_rng([seed, _STREAM_VIEWING])
+    scene_rng = np.random.default_rng([seed, _STREAM_VIEWING_SCENES])
     avoided = look_combinations(avoid)
 
     def draw() -> tuple[Image.Image, list[int]]:
+        if scene_share and scene_rng.random() < scene_share:
+            looks = [invented_look(scene_rng, avoided), invented_look(scene_rng, avoided)]
+            return render_scene(looks, scene_rng, image_size), scene_label(None, *looks)
         look = invented_look(rng, avoided)
-        return render_entity(look, rng, image_size), attribute_label(look)
+        image = render_entity(look, rng, image_size)
+        return image, scene_label(look) if scene_share else attribute_label(look)
+
+    def mirror(image: Image.Image, label: list[int]) -> tuple[Image.Image, list[int]]:
+        """The rendering mirrored left-right; a scene's left and right creatures trade places."""
+        n = len(VISUAL_ATTRIBUTES)
+        return ImageOps.mirror(image), label if len(label) == n else [*label[:n], *label[2 * n:], *label[n:2 * n]]
 
     if pool:
         drawn = [draw() for _ in range(pool)]
         while True:
             picked = rng.integers(pool, size=batch_size)
             mirrored = rng.random(batch_size) < 0.5
-            yield ([ImageOps.mirror(drawn[i][0]) if flip else drawn[i][0] for i, flip in zip(picked, mirrored)],
-                   [drawn[i][1] for i in picked])
+            views = [mirror(*drawn[i]) if flip else drawn[i] for i, flip in zip(picked, mirrored)]
+            yield [image for image, _ in views], [label for _, label in views]
             for i in rng.choice(pool, size=min(refresh, pool), replace=False):
                 drawn[i] = draw()
     while True:
         batch = [draw() for _ in range(batch_size)]
         yield [image for image, _ in batch], [label for _, label in batch]
+
+
+def scene_label(whole: Mapping[str, str] | None, left: Mapping[str, str] | None = None,
+                right: Mapping[str, str] | None = None) -> list[int]:
+    """Three label blocks for a viewing warm-up with scenes: the creature of a single rendering (``whole``),
+    then the left and the right creature of a scene; an absent block is :data:`IGNORED` throughout."""
+    return [value for look in (whole, left, right)
+            for value in (attribute_label(look) if look is not None else [IGNORED] * len(VISUAL_ATTRIBUTES))]
 
 
 def look_combinations(looks: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:

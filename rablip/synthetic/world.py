@@ -23,6 +23,7 @@ from rablip.synthetic.files import (
     KB_IMAGE_DIR,
     KB_NAME,
     MANIFEST_NAME,
+    SCENE_DIR,
     SCHEMA_VERSION,
     SPLITS,
     annotations_name,
@@ -40,6 +41,7 @@ from rablip.synthetic.questions import (
     questions_file,
 )
 from rablip.synthetic.render import render_entity
+from rablip.synthetic.scenes import write_scene_split
 from rablip.synthetic.settings import WorldSection
 from rablip.synthetic.vocab import HIDDEN_FACTS, VARIANTS, VISUAL_ATTRIBUTES
 
@@ -193,6 +195,10 @@ def build_world(out_dir: str | Path, settings: WorldSettings | None = None, *, o
             manifest["align"] = {"dir": ALIGN_DIR, **write_align_split(
                 staging / ALIGN_DIR, settings.align_images, settings.seed, settings.image_size,
                 [e.attributes for e in entities], lambda image, path: save_jpeg(image, path, settings.jpeg_quality))}
+        if settings.scene_images_per_entity:
+            manifest["scene"] = {"dir": SCENE_DIR, **write_scene_split(
+                staging / SCENE_DIR, by_split["test"], entities, settings.scene_images_per_entity, settings.seed,
+                settings.image_size, lambda image, path: save_jpeg(image, path, settings.jpeg_quality))}
         write_json(staging / MANIFEST_NAME, manifest, indent=2)
         if out_dir.exists():
             shutil.rmtree(out_dir)

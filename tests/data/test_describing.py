@@ -16,7 +16,8 @@ def test_a_pair_is_a_rendering_and_the_fact_text_or_caption_of_one_invented_crea
     rng = np.random.default_rng(0)
     kinds = set()
     for draw in range(40):
-        image, item = source.pair(rng, facts=draw % 2 == 0)
+        image, item, phrase = source.pair(rng, facts=draw % 2 == 0)
+        assert phrase is None, "a lone creature needs no phrase to name it"
         assert image.size == (32, 32) and item.modality == "text" and item.title in source.names
         assert item.title in item.text and item.title not in {"zorb", "mukrer"}
         described = [look for look in allowed if look in item.text]

@@ -75,3 +75,37 @@ def test_warm_up_lowers_the_attribute_loss_and_keeps_frozen_weights_frozen():
     assert all(not torch.equal(before[name], p) for name, p in encoder.named_parameters())
     assert not any(p.requires_grad for p in encoder.parameters()), "frozen before, frozen after"
 
+
+
+def test_scene_share_mixes_in_scenes_labelled_per_half_and_mirroring_swaps_the_halves():
+    from rablip.synthetic.viewing import IGNORED
+    n = len(VISUAL_ATTRIBUTES)
+    assert class_counts(scenes=True) == class_counts() * 3
+    batches = viewing_batches(0, 16, 32, pool=8, refresh=0, scene_share=0.5)
+    seen_scene = seen_single = False
+    by_image: dict[bytes, tuple] = {}
+    for images, labels in itertools.islice(batches, 20):
+        for image, label in zip(images, labels):
+            assert len(label) == 3 * n
+            blocks = [label[i * n:(i + 1) * n] for i in range(3)]
+            scene = blocks[0] == [IGNORED] * n
+            assert (blocks[1] != [IGNORED] * n) == scene and (blocks[2] != [IGNORED] * n) == scene
+            seen_scene, seen_single = seen_scene or scene, seen_single or not scene
+            by_image[np.asarray(image).tobytes()] = (np.asarray(image), tuple(label))
+    assert seen_scene and seen_single
+    pairs = [(a, b) for a in by_image.values() for b in by_image.values()
+             if not np.array_equal(a[0], b[0]) and np.array_equal(a[0][:, ::-1], b[0])]
+    scene_pairs = [(a, b) for a, b in pairs if a[1][0] == IGNORED]
+    assert scene_pairs, "some scene appears both as drawn and mirrored"
+    for (_, left_first), (_, mirrored) in scene_pairs:
+        assert left_first[n:2 * n] == mirrored[2 * n:] and left_first[2 * n:] == mirrored[n:2 * n]
+
+
+def test_scene_warm_up_trains_heads_on_each_half_of_the_token_grid():
+    torch.manual_seed(0)
+    encoder = TimmVisionEncoder("test_resnet", 16)
+    processor = BlipImageProcessor(size={"height": 64, "width": 64})
+    losses = warm_up_vision_model(encoder, processor, 16, class_counts(scenes=True),
+                                  viewing_batches(0, 8, 64, pool=32, scene_share=0.5), steps=6, warmup_steps=2,
+                                  show_progress=False, scenes=True)
+    assert len(losses) == 6 and all(np.isfinite(losses))
