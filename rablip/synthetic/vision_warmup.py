@@ -47,9 +47,8 @@ class AttributeHeads(torch.nn.Module):
 def attribute_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """Sum over attributes of the cross-entropy; ``labels`` is (N, attributes), -100 where a label is absent
     (a head with no label in the batch adds nothing)."""
-    losses = [torch.nn.functional.cross_entropy(head, labels[:, i], ignore_index=-100, reduction="sum")
-              / (labels[:, i] != -100).sum().clamp(min=1) for i, head in enumerate(logits)]
-    return sum(losses)
+    return sum(torch.nn.functional.cross_entropy(head, labels[:, i], ignore_index=-100)
+               for i, head in enumerate(logits) if bool((labels[:, i] != -100).any()))
 
 
 def warm_up_vision_model(vision_model: torch.nn.Module, image_processor, width: int, class_counts: Sequence[int],
