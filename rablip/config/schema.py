@@ -173,8 +173,17 @@ class PromptConfig:
     text tokens, image tokens not counted). ASKG selection samples follow the same choice: rablip's
     "Reference N" layout, or the release's two-reference selection prompt and target."""
 
+    reference_views: bool = False
+    """rablip template: every text reference gets an image slot holding the question image, its Q-Former
+    instruction the question and the reference's text, so the Q-Former looks at the picture with each
+    reference in hand and the LLM reads that view before the reference's line (off: text references
+    have no slot, as in RA-BLIP)."""
+
     def __post_init__(self) -> None:
         check_choice("prompt.template", self.template, ("rablip", "release"))
+        if self.reference_views and self.template != "rablip":
+            raise ConfigValueError("prompt.reference_views", "needs prompt.template=rablip (the release's text "
+                                   "lists a viewed reference as an image caption); turn one of them off")
 
 
 @dataclass
@@ -195,6 +204,8 @@ class AskgConfig:
     (askg.negatives) of the other modality (else of any)."""
     selection_order: str = "shuffled"
     """Selection sample's order. shuffled (rablip): random; positive_first (RA-BLIP's release): relevant first."""
+    answer_order: str = "ranked"
+    """mixed answering sample's order: ranked (the retriever's order, unranked items after) or shuffled."""
 
     def __post_init__(self) -> None:
         check_range("askg.noise_ratio", self.noise_ratio, 0.0, 1.0)
@@ -202,6 +213,7 @@ class AskgConfig:
         check_choice("askg.negatives", self.negatives, ("random", "hard", "dataset"))
         check_choice("askg.answer_refs", self.answer_refs, ("mixed", "gold"))
         check_choice("askg.selection_order", self.selection_order, ("shuffled", "positive_first"))
+        check_choice("askg.answer_order", self.answer_order, ("ranked", "shuffled"))
 
 
 @dataclass
@@ -267,6 +279,10 @@ class TrainConfig:
     best_mode: str = "max"
     deterministic: bool = True
     """Deterministic kernels, so a resumed run ends bit-identical to an uninterrupted one (slightly slower)."""
+    find_unused_parameters: bool = True
+    """DDP: find the parameters a step left unused (a batch without image items leaves the item-image path
+    out), so that the ranks' gradient reductions stay in step; false saves a graph walk per step for a
+    model whose every step uses every trained parameter."""
     skip_nonfinite: bool = False
     """Skip steps with a NaN/inf loss (counted) instead of stopping."""
     feature_cache: bool = False

@@ -90,10 +90,12 @@ def item_has_image(item: KBItem) -> bool:
 
 
 def _load_references(
-    items: Sequence[KBItem], load_item_image: LoadImage, item_features: Sequence[torch.Tensor | None] | None = None
+    items: Sequence[KBItem], load_item_image: LoadImage, item_features: Sequence[torch.Tensor | None] | None = None,
+    view: Image.Image | None = None,
 ) -> list[Reference]:
     """References of ``items``; an item with features in ``item_features`` (aligned with ``items``) keeps
-    them and its image is not decoded."""
+    them and its image is not decoded. With ``view`` (the question image), a text item gets it as its image:
+    the processor then gives the reference an image slot whose Q-Former instruction holds the item's text."""
     if item_features is not None and len(item_features) != len(items):
         raise ValueError(f"{len(item_features)} feature entries for {len(items)} items")
     references = []
@@ -102,8 +104,10 @@ def _load_references(
         features = item_features[position] if item_features is not None and has_image else None
         if features is not None:
             references.append(Reference(item, None, features))
+        elif has_image:
+            references.append(Reference(item, load_item_image(item.image, item.id)))
         else:
-            references.append(Reference(item, load_item_image(item.image, item.id) if has_image else None))
+            references.append(Reference(item, view))
     return references
 
 
@@ -119,16 +123,20 @@ def make_qa_sample(
     load_item_image: LoadImage | None = None,
     target: str | None = None,
     item_features: Sequence[torch.Tensor | None] | None = None,
+    reference_views: bool = False,
 ) -> Sample:
     """A QA sample: ``items`` become references 1..k in the given order; the target is ``target``
     or :func:`pick_answer`. ``load_item_image`` (default ``load_image``) decodes item images, so
     question images and KB images can live under different roots. ``item_features`` (aligned with
     ``items``, e.g. from the feature cache) gives precomputed vision features that replace an item's
-    image; None entries (and no list at all) mean: decode the image."""
+    image; None entries (and no list at all) mean: decode the image. ``reference_views``: every text reference
+    is shown with the question image (config ``prompt.reference_views``)."""
+    image = _question_image(example, load_image)
     return Sample(
         question=example.question,
-        image=_question_image(example, load_image),
-        references=_load_references(items, load_item_image or load_image, item_features),
+        image=image,
+        references=_load_references(items, load_item_image or load_image, item_features,
+                                    image if reference_views else None),
         target=target if target is not None else pick_answer(example),
         kind="qa",
         weight=1.0,
@@ -146,18 +154,21 @@ def make_selection_sample(
     *,
     load_item_image: LoadImage | None = None,
     item_features: Sequence[torch.Tensor | None] | None = None,
+    reference_views: bool = False,
 ) -> Sample:
     """An ASKG relevance-selection sample whose target names ``items[relevant_index]``: its
     ``relevant`` is ``relevant_index + 1`` (the processor trains on ``Reference N``); ``weight``
-    scales its loss (e.g. 0.1). ``item_features`` as in :func:`make_qa_sample`."""
+    scales its loss (e.g. 0.1). ``item_features`` and ``reference_views`` as in :func:`make_qa_sample`."""
     if not 0 <= relevant_index < len(items):
         raise ValueError(
             f"example {example.id!r}: relevant_index {relevant_index} does not index its {len(items)} items"
         )
+    image = _question_image(example, load_image)
     return Sample(
         question=example.question,
-        image=_question_image(example, load_image),
-        references=_load_references(items, load_item_image or load_image, item_features),
+        image=image,
+        references=_load_references(items, load_item_image or load_image, item_features,
+                                    image if reference_views else None),
         target=None,
         kind="select",
         weight=float(weight),

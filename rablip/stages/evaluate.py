@@ -68,7 +68,8 @@ class Answerer:
             items = (reference_items(self.kb, [item_id for item_id, _ in refs], self.snippet_texts.get(example.id))
                      if refs and self.kb is not None else [])
             samples.append(make_qa_sample(example, items, self.question_images.load,
-                                          load_item_image=self.item_images.load))
+                                          load_item_image=self.item_images.load,
+                                          reference_views=cfg.prompt.reference_views))
         texts = generate_answers(self.model, self.collator, samples, batch_size=cfg.eval.batch_size,
                                  num_beams=cfg.eval.num_beams, max_new_tokens=cfg.eval.max_new_tokens,
                                  repetition_penalty=cfg.eval.repetition_penalty,

@@ -88,7 +88,8 @@ class FinetuneDataset(Dataset):
                                noise_ratio=cfg.askg.noise_ratio, negatives=cfg.askg.negatives, ranked=ranked,
                                dataset_negatives=example.extra.get("negative_ids"),
                                random_snippets=cfg.noise.random_snippets, answer_refs=cfg.askg.answer_refs,
-                               selection_order=cfg.askg.selection_order, has_image=has_image)
+                               selection_order=cfg.askg.selection_order, has_image=has_image,
+                               answer_order=cfg.askg.answer_order)
 
     def __getitem__(self, key: tuple[int, int]) -> list[Sample]:
         index, epoch = key
@@ -102,12 +103,14 @@ class FinetuneDataset(Dataset):
         swap = self.counterfactual.draw(example, items, rng) if self.counterfactual else None
         if swap is not None:
             example, items, selection_items = swap.example(example), swap.items(items), swap.items(selection_items)
+        views = self.cfg.prompt.reference_views
         samples = [make_qa_sample(example, items, load_q, load_item_image=load_item,
-                                  item_features=self.cached(plan.ids))]
+                                  item_features=self.cached(plan.ids), reference_views=views)]
         if plan.selection_ids:
             samples.append(make_selection_sample(example, selection_items, plan.selection_target,
                                                  self.cfg.askg.weight, load_q, load_item_image=load_item,
-                                                 item_features=self.cached(plan.selection_ids)))
+                                                 item_features=self.cached(plan.selection_ids),
+                                                 reference_views=views))
         return samples
 
     def cached(self, item_ids: list[str]) -> list[torch.Tensor | None] | None:

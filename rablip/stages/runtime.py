@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
 
 from rablip.config.schema import Config
 from rablip.data.prepare import prepare_data
@@ -43,7 +43,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
     precision = cfg.train.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
+    # A batch can leave parts of the model unused (e.g. no image item in a rank's pre-training batch); DDP must
+    # then not wait for their gradients, or the ranks' gradient reductions fall out of step and hang.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=1, kwargs_handlers=[ddp])
     _fsdp_on_cpu(accelerator)
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ConfigError("rablip trains with FSDP2 only: set fsdp_version: 2 in the accelerate config "

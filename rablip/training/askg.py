@@ -20,7 +20,9 @@ Order of the references of the ``mixed`` answering sample: with a retrieval rank
 order the retriever ranks them in, as the generator meets them when it answers, and the items it did
 not rank (random negatives, noise snippets) after those, in random order; without one (gold
 references), shuffled. So the relevant reference is never first by rule, only where the retriever put
-it. The ``gold`` answering sample keeps the dataset's order (every reference in it is relevant).
+it; and since the retriever mostly puts it first, a generator trained that way learns to read the first
+reference. ``askg.answer_order=shuffled`` shuffles the ASKG answering sample's references even with a
+ranking, as noisy evaluation shuffles them, so that only their content tells the relevant one. The ``gold`` answering sample keeps the dataset's order (every reference in it is relevant).
 
 Noise-resilient training (RORA-VLM): ``noise.random_snippets`` extra items of random other entities
 (never the target's) are added to every example. With two-stage (snippet) references the stage's
@@ -47,6 +49,7 @@ HasImage = Callable[[Sequence[str]], list[bool]]
 
 ANSWER_REFS = ("mixed", "gold")
 SELECTION_ORDERS = ("shuffled", "positive_first")
+ANSWER_ORDERS = ("ranked", "shuffled")
 RANDOM_SELECTION_DRAWS = 4
 """``askg.negatives=random`` under ``gold``: random items drawn to find one of the other modality."""
 
@@ -98,7 +101,7 @@ def plan_references(relevant_ids: Sequence[str], k: int, rng: np.random.Generato
                     negatives: str = "random", ranked: Sequence[str] | None = None,
                     dataset_negatives: Sequence[str] | None = None, random_snippets: int = 0,
                     answer_refs: str = "mixed", selection_order: str = "shuffled",
-                    has_image: HasImage | None = None) -> ReferencePlan:
+                    has_image: HasImage | None = None, answer_order: str = "ranked") -> ReferencePlan:
     """Choose and order the references of one training example.
 
     ``relevant_ids`` are the example's relevant items (gold labels, or the relevant part of what was
@@ -106,12 +109,16 @@ def plan_references(relevant_ids: Sequence[str], k: int, rng: np.random.Generato
     is the retriever's ranking of the example's candidates (hard negatives come from it, and it orders
     the references; see the module docstring). With ASKG, ``answer_refs`` picks the ``mixed`` plan
     (below) or the release's ``gold`` one (:func:`plan_gold`, which needs ``has_image`` and takes
-    ``k`` as its image cap); ``selection_order`` orders the selection sample (:func:`order_selection`).
+    ``k`` as its image cap); ``selection_order`` orders the selection sample (:func:`order_selection`);
+    ``answer_order`` orders the ``mixed`` answering sample: ``ranked`` as the module docstring says,
+    ``shuffled`` at random even with a ranking, so the relevant reference's place carries no signal.
     """
     if answer_refs not in ANSWER_REFS:
         raise ValueError(f"askg.answer_refs must be one of {ANSWER_REFS}, got {answer_refs!r}")
     if selection_order not in SELECTION_ORDERS:
         raise ValueError(f"askg.selection_order must be one of {SELECTION_ORDERS}, got {selection_order!r}")
+    if answer_order not in ANSWER_ORDERS:
+        raise ValueError(f"askg.answer_order must be one of {ANSWER_ORDERS}, got {answer_order!r}")
     if askg and answer_refs == "gold":
         if has_image is None:
             raise ValueError("askg.answer_refs=gold needs has_image (the modality of each item)")
@@ -137,7 +144,7 @@ def plan_references(relevant_ids: Sequence[str], k: int, rng: np.random.Generato
 
     pairs = [(i, True) for i in chosen] + [(i, False) for i in irrelevant]
     order = rng.permutation(len(pairs))
-    if ranked is not None:
+    if ranked is not None and (answer_order == "ranked" or not askg):
         rank = {item_id: position for position, item_id in enumerate(ranked)}
         order = sorted(order, key=lambda j: rank.get(pairs[j][0], len(rank)))  # stable: unranked stay shuffled
     plan = ReferencePlan(ids=[pairs[j][0] for j in order], relevant=[pairs[j][1] for j in order])

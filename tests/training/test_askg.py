@@ -105,6 +105,23 @@ def test_with_a_ranking_references_keep_the_retrievers_order_and_unranked_items_
     assert clean.ids == ["a", "b", "c"], "clean training keeps the retrieved top k in rank order"
 
 
+def test_shuffled_answer_order_puts_the_relevant_reference_anywhere_despite_the_ranking():
+    ranked = ["r", "h1", "h2", "h3"]
+    positions = []
+    for seed in range(300):
+        plan = plan_references(["r"], 3, np.random.default_rng(seed), random_items=random_items, askg=True,
+                               noise_ratio=2 / 3, negatives="hard", ranked=ranked, answer_order="shuffled")
+        assert sorted(plan.ids) == ["h1", "h2", "r"], "the same members as the ranked order"
+        positions.append(plan.ids.index("r"))
+    counts = np.bincount(positions, minlength=3)
+    assert counts.min() > 60, f"the relevant reference in every place about equally often: {counts}"
+    ranked_plan = plan_references(["r"], 3, np.random.default_rng(0), random_items=random_items, askg=True,
+                                  noise_ratio=2 / 3, negatives="hard", ranked=ranked)
+    assert ranked_plan.ids[0] == "r", "answer_order=ranked (the default) keeps the retriever's order"
+    with pytest.raises(ValueError, match="answer_order"):
+        plan_references(["r"], 2, np.random.default_rng(0), random_items=random_items, answer_order="random")
+
+
 # askg.answer_refs=gold: RA-BLIP's released plan. Ids starting with "i" are image items, the rest text.
 def has_image(ids):
     return [i.startswith("i") for i in ids]
