@@ -72,7 +72,8 @@ def test_synthetic_world_runs_rora_finetune_and_eval_with_snippets_refinement_an
 
         ft_cfg = rora_config("synthetic_rora_finetune", tmp_path, f"run.output_dir={runs / 'finetune'}")
         assert (ft_cfg.retrieval.mode, ft_cfg.retrieval.k, ft_cfg.noise.random_snippets) == ("two_stage", 2, 1)
-        assert (ft_cfg.model.refine.enabled, ft_cfg.model.refine.top_m, ft_cfg.model.lora.r) == (True, TOP_M, 8)
+        # the tiny LLaVA's LLM trains fully (lora.r 0; configs/model/tiny_llava.yaml keeps LoRA as the option)
+        assert (ft_cfg.model.refine.enabled, ft_cfg.model.refine.top_m, ft_cfg.model.lora.r) == (True, TOP_M, 0)
         assert finetune(ft_cfg) == 0
         trained = len(seen["kept"])
         assert trained >= 3  # one refinement per training step at least
@@ -87,7 +88,7 @@ def test_synthetic_world_runs_rora_finetune_and_eval_with_snippets_refinement_an
     assert seen["plans"] and all(len(p.ids) == 3 and p.ids[-1] not in p.ids[:2] and not p.relevant[-1]
                                  for p in seen["plans"])
     final = runs / "finetune" / "final"
-    assert all((final / file).is_file() for file in ADAPTER_FILES)
+    assert (final / "model.safetensors").is_file() and not any((final / file).exists() for file in ADAPTER_FILES)
     last = json.loads((runs / "finetune" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and math.isfinite(last["loss"])
     for run in ("finetune", "eval"):
@@ -112,17 +113,25 @@ def test_synthetic_world_runs_rora_finetune_and_eval_with_snippets_refinement_an
     assert metrics["num_questions"] == len(examples)
 
 
-def test_demo_rora_switch_adds_the_tiny_llava_and_its_runs_only_when_asked(monkeypatch):
+def test_demo_runs_rora_by_default_and_skip_rora_leaves_it_out(monkeypatch):
     spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "demo", demo)  # its dataclasses look their module up
-    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts the repository first
+    monkeypatch.setitem(sys.modules, "demo", demo)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts the repository and scripts/ first
     spec.loader.exec_module(demo)
-    plain = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None)}
-    rora = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None, rora=True)}
-    assert "--only" not in plain["world"].argv and not any("rora" in name for name in plain)
+    skipped = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None, rora=False)}
+    rora = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None)}
+    assert "--only" not in skipped["world"].argv and not any("rora" in name for name in skipped)
     assert rora["world"].argv[rora["world"].argv.index("--only") + 1].split(",")[-1] == "llava"
-    assert set(rora) - set(plain) == {"finetune_rora", "eval_rora", "eval_rora_hard_noisy"}
-    assert all(rora[name].argv == job.argv for name, job in plain.items() if name != "world")
+    assert set(rora) - set(skipped) == {"finetune_rora", "eval_rora", "eval_rora_noisy", "eval_rora_hard_noisy"}
+    assert all(rora[name].argv == job.argv for name, job in skipped.items() if name != "world")
     assert f"{EXPERIMENTS.name}/synthetic_rora_finetune.yaml" in " ".join(rora["finetune_rora"].argv)
-    assert rora["eval_rora"].after == ["finetune_rora"] and rora["finetune_rora"].after == ["index"]
+    assert rora["finetune_rora"].after == ["index"]
+    for name in ("eval_rora", "eval_rora_noisy", "eval_rora_hard_noisy"):
+        assert rora[name].after == ["finetune_rora"]
+        assert "configs/experiment/synthetic_rora_eval.yaml" in rora[name].argv
+        assert "eval.checkpoint=/out/finetune_rora/final" in rora[name].argv
+    # the noisy evaluations as the other retrieval variants': half the references swapped, no k sweep
+    assert {"eval.noisy_fraction=0.5", "eval.k_sweep=[]"} <= set(rora["eval_rora_noisy"].argv)
+    assert "eval.noisy_mode=hard" not in rora["eval_rora_noisy"].argv
+    assert "eval.noisy_mode=hard" in rora["eval_rora_hard_noisy"].argv

@@ -44,6 +44,11 @@ class RetrievalConfig:
     description + text snippets; rablip/retrieval/snippets.py): the question expanded with the snippet's
     entity name searches the text index and up to this many of that entity's text items are kept. 0: a
     snippet is its image with the entity name and description alone."""
+    snippet_search_depth: int = 0
+    """two_stage: text hits each snippet's expanded question searches before those of other entities are dropped
+    (capped at the text group's size); 0: snippet_texts x 5. A depth of at least the text group's size makes
+    stage 2 an exact entity filter ranked by the expanded question (the synthetic RORA configs: the tiny retrieval
+    encoder does not rank a made-up name's text items high, so a shallow search finds none of them)."""
     allow_foreign_index: bool = False
     """Accept an index whose manifest names another encoder or whose checksum differs (not advised)."""
     embeddings_dir: str = ""
@@ -69,4 +74,5 @@ class RetrievalConfig:
         check_positive("retrieval.encode_batch_size", self.encode_batch_size, allow_zero=True)
         check_positive("retrieval.expansion_entities", self.expansion_entities)
         check_positive("retrieval.snippet_texts", self.snippet_texts, allow_zero=True)
+        check_positive("retrieval.snippet_search_depth", self.snippet_search_depth, allow_zero=True)
         check_positive("retrieval.rerank_factor", self.rerank_factor)

@@ -138,6 +138,8 @@ def cache_key(cfg: Config, split: str, examples: Sequence[QAExample]) -> str:
                 "split": split, "questions_sha256": _examples_digest(examples), "scope": r.scope}
     if r.mode == "two_stage":  # snippets: their attached texts are part of the results
         settings["snippet_texts"] = r.snippet_texts
+        if r.snippet_search_depth:  # only a non-default depth enters the key (older caches stay valid)
+            settings["snippet_search_depth"] = r.snippet_search_depth
     if r.scope == "candidates":  # the listed sources decide what can be found
         sources = json.dumps([listed_sources(ex) for ex in examples]).encode()
         settings["sources_sha256"] = hashlib.sha256(sources).hexdigest()

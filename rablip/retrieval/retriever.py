@@ -77,6 +77,7 @@ class Retriever:
     def __init__(self, encoder: torch.nn.Module, batcher: RetrievalBatcher, indexes: GroupIndexes,
                  mode: str = "ra_blip", *, kb: KBStore | None = None,
                  load_item_image: Callable | None = None, expansion_entities: int = 1, snippet_texts: int = 2,
+                 snippet_search_depth: int = 0,
                  reranker: FusionReranker | None = None, rerank_exact: bool = False, rerank_factor: int = 4,
                  nprobe: int | None = None, batch_size: int = 32, bf16: bool = False) -> None:
         if mode not in MODES:
@@ -92,6 +93,7 @@ class Retriever:
         self.load_item_image = load_item_image or ImageLoader(None, "error").load
         self.expansion_entities = expansion_entities
         self.snippet_texts = snippet_texts
+        self.snippet_search_depth = snippet_search_depth
         self.reranker = reranker
         self.search_kwargs = {"rerank_exact": rerank_exact, "rerank_factor": rerank_factor, "nprobe": nprobe}
         self.rerank_factor = rerank_factor
@@ -121,6 +123,7 @@ class Retriever:
         return cls(encoder, retrieval_batcher(cfg), indexes, r.mode, kb=kb,
                    load_item_image=ImageLoader(None, cfg.data.on_bad_image).load,
                    expansion_entities=r.expansion_entities, snippet_texts=r.snippet_texts,
+                   snippet_search_depth=r.snippet_search_depth,
                    reranker=reranker, rerank_exact=r.rerank_exact,
                    rerank_factor=r.rerank_factor, nprobe=r.nprobe,
                    batch_size=cfg.retrieval.encode_batch_size or cfg.eval.batch_size, bf16=use_bf16(cfg, device))

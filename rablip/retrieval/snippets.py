@@ -12,6 +12,9 @@ about that entity (RORA-VLM, arXiv 2410.08876). For each question:
    built?") searches the ``text`` group index as a text-only query; of its hits, those of that entity
    (title equal to the entity name) are attached to the snippet, up to ``texts_per_snippet``
    (``retrieval.snippet_texts``), best first. An untitled anchor gets none (its entity is unknown).
+   The search depth is ``retrieval.snippet_search_depth`` (default ``snippet_texts x 5``): hits of other
+   entities are dropped after the search, so a dense encoder that ranks the name's texts low finds none of
+   them at a shallow depth; a depth of the text group's size filters the entity's texts exactly.
    One query per snippet, not one query with every name: each entity's texts are searched for with
    that entity's name alone, as the paper's expanded query names one entity.
 
@@ -116,12 +119,20 @@ def attach_texts(retriever: Retriever, questions: Sequence[str], snippets: list[
     for question, snippet in wanted:
         snippet.expanded_question = expand_question(question, [snippet.entity])
     hits = retriever.search(("text",), [None] * len(wanted), [snippet.expanded_question for _, snippet in wanted],
-                            texts_per_snippet * STAGE2_DEPTH_PER_TEXT)
+                            stage2_depth(retriever, texts_per_snippet))
     titles = {item.id: item.title
               for item in retriever.kb.get_many(sorted({item_id for row in hits for item_id, _ in row}))}
     for (_, snippet), row in zip(wanted, hits, strict=True):
         own = [(item_id, float(score)) for item_id, score in row if titles[item_id] == snippet.entity]
         snippet.text_hits = own[:texts_per_snippet]
+
+
+def stage2_depth(retriever: Retriever, texts_per_snippet: int) -> int:
+    """Text hits one stage-2 query searches: ``retriever.snippet_search_depth`` (0: ``texts_per_snippet x
+    STAGE2_DEPTH_PER_TEXT``), at most the text group's size (a depth that covers the whole group makes stage 2
+    an exact filter on the entity, its texts ranked by the expanded question)."""
+    wanted = retriever.snippet_search_depth or texts_per_snippet * STAGE2_DEPTH_PER_TEXT
+    return max(1, min(wanted, len(retriever.indexes.require("text", "two_stage retrieval"))))
 
 
 def snippet_texts(snippets: Sequence[Snippet]) -> dict[str, list[str]]:
