@@ -136,13 +136,15 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     if pretrain_steps:
         # at most every sample of a shortened pre-training (global batch PRETRAIN_BATCH) is an extra pair
         build += ["--extra-pairs", str(pretrain_steps * PRETRAIN_BATCH)]
-    if rora:
-        build += ["--only", "world,kb,checkpoint,extra_pairs,llava"]
     finetune = [f"train.max_steps={finetune_steps}"] if finetune_steps else []
     align = [f"train.max_steps={align_steps}", f"train.save_every={align_steps}"] if align_steps else []
     jobs = [
-        Job("world", ["scripts/make_synthetic.py", "--out", str(world), *build]),
-        Job("pretrain", stage("run_pretrain.py", "pretrain", "pretrain", *pretrain), ["world"], ranks),
+        Job("world", ["scripts/make_synthetic.py", "--out", str(world), *build, "--only", "world,kb,extra_pairs"]),
+        # The two generators' warm-ups are independent: they build side by side, the LLaVA's while pre-training
+        # waits only for the InstructBLIP checkpoint (--only builds a part into the existing world).
+        *[Job(part, ["scripts/make_synthetic.py", "--out", str(world), *build, "--only", part], ["world"])
+          for part in ("checkpoint", *(["llava"] if rora else []))],
+        Job("pretrain", stage("run_pretrain.py", "pretrain", "pretrain", *pretrain), ["checkpoint"], ranks),
         Job("index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common],
             ["pretrain"]),
         Job("align", stage("run_finetune.py", "align", "align",
@@ -189,7 +191,8 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     ]
     if rora:
         checkpoint = f"eval.checkpoint={out / 'finetune_rora' / 'final'}"
-        jobs += [Job("finetune_rora", stage("run_finetune.py", "rora_finetune", "finetune_rora", *finetune), ["index"]),
+        jobs += [Job("finetune_rora", stage("run_finetune.py", "rora_finetune", "finetune_rora", *finetune),
+                     ["index", "llava"]),
                  Job("eval_rora", stage("run_eval.py", "rora_eval", "eval_rora", checkpoint), ["finetune_rora"]),
                  noisy_job(stage, "rora_eval", "rora", checkpoint),
                  hard_noisy_job(stage, "rora_eval", "rora", checkpoint)]
