@@ -16,7 +16,6 @@ import psutil
 import pytest
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT_KEYS = {"unseen_knowledge_acc", "seen_knowledge_acc", "visual_acc", "noisy_unseen_knowledge_acc"}
 RETRIEVAL_VARIANT_KEYS = VARIANT_KEYS | {"hard_noisy_unseen_knowledge_acc"}
