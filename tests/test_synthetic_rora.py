@@ -121,12 +121,13 @@ def test_demo_runs_rora_by_default_and_skip_rora_leaves_it_out(monkeypatch):
     spec.loader.exec_module(demo)
     skipped = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None, rora=False)}
     rora = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None)}
-    assert "--only" not in skipped["world"].argv and not any("rora" in name for name in skipped)
-    assert rora["world"].argv[rora["world"].argv.index("--only") + 1].split(",")[-1] == "llava"
-    assert set(rora) - set(skipped) == {"finetune_rora", "eval_rora", "eval_rora_noisy", "eval_rora_hard_noisy"}
-    assert all(rora[name].argv == job.argv for name, job in skipped.items() if name != "world")
+    assert not any("rora" in name or name == "llava" for name in skipped)
+    # the tiny LLaVA builds into the world beside the InstructBLIP checkpoint, both after the world's files
+    assert rora["llava"].argv[rora["llava"].argv.index("--only") + 1] == "llava" and rora["llava"].after == ["world"]
+    assert set(rora) - set(skipped) == {"llava", "finetune_rora", "eval_rora", "eval_rora_noisy", "eval_rora_hard_noisy"}
+    assert all(rora[name].argv == job.argv for name, job in skipped.items())
     assert f"{EXPERIMENTS.name}/synthetic_rora_finetune.yaml" in " ".join(rora["finetune_rora"].argv)
-    assert rora["finetune_rora"].after == ["index"]
+    assert rora["finetune_rora"].after == ["index", "llava"]
     for name in ("eval_rora", "eval_rora_noisy", "eval_rora_hard_noisy"):
         assert rora[name].after == ["finetune_rora"]
         assert "configs/experiment/synthetic_rora_eval.yaml" in rora[name].argv
