@@ -61,8 +61,8 @@ class InventedPairs:
         name = self.names[int(rng.integers(len(self.names)))]
         creature = invented_entity(rng, name, invented_look(rng, self.avoided))
         if asked is not None:
-            image, phrase, _ = scene_with(creature.attributes, lambda: invented_look(rng, self.avoided), asked, rng,
-                                          self.image_size)
+            image, phrase, _, _ = scene_with(creature.attributes, lambda: invented_look(rng, self.avoided), asked, rng,
+                                             self.image_size)
         else:
             image, phrase = render_entity(creature.attributes, rng, self.image_size), None
         kind = "facts" if facts else "caption"

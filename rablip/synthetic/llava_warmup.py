@@ -4,7 +4,8 @@ A real LLaVA starts from a pre-trained CLIP tower and a pre-trained LLM; the tin
 scratch. Fine-tuned from transformers' random initialisation with its CLIP tower frozen, its projector
 sees features that tell no shapes or colours apart and its LLM cannot read: the demo's RORA run trained
 400 steps with the loss flat at ~6.7 and answered nothing. So, before it is saved, it gets the same two
-warm-ups as :func:`rablip.synthetic.tiny_model.prepare_tiny_generator`, reusing their functions:
+warm-ups as :func:`rablip.synthetic.tiny_model.prepare_tiny_generator`
+(:func:`rablip.synthetic.generator_warmups.warm_up_generator`), on the parts of it they train:
 
 * viewing (:func:`~rablip.synthetic.vision_warmup.warm_up_vision_model` on
   :func:`~rablip.synthetic.viewing.viewing_batches`): the CLIP tower, read where LLaVA's projector reads
@@ -24,13 +25,7 @@ from types import SimpleNamespace
 import torch
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from rablip.synthetic.llm_warmup import warm_up_language_model
-from rablip.synthetic.reading import reading_examples
-from rablip.synthetic.viewing import class_counts, viewing_batches
-from rablip.synthetic.vision_warmup import warm_up_vision_model
-
-VISION_WARMUP_BATCH = 32
-"""As the tiny InstructBLIP generator's viewing warm-up (rablip.synthetic.tiny_model)."""
+from rablip.synthetic.generator_warmups import warm_up_generator
 
 
 class ProjectorInput(torch.nn.Module):
@@ -74,17 +69,8 @@ def warm_up_llava(model: LlavaForConditionalGeneration, tokenizer: PreTrainedTok
     """Run the viewing (``vision_steps``; ``scene_share`` of its renderings are two-creature scenes, as the tiny
     InstructBLIP generator's) and reading (``reading_steps``) warm-ups on ``model`` in place; ``entities`` are
     the world manifest's (their looks and names are avoided). Returns each one's losses."""
-    losses: dict[str, list[float]] = {}
-    looks = [entity["attributes"] for entity in entities]
-    if vision_steps:
-        image_size = model.config.vision_config.image_size
-        scenes = scene_share > 0
-        batches = viewing_batches(seed, VISION_WARMUP_BATCH, image_size, looks, scene_share=scene_share)
-        losses["vision viewing warm-up"] = warm_up_vision_model(
-            ProjectorInput(model), image_processor, model.config.vision_config.hidden_size, class_counts(scenes),
-            batches, vision_steps, seed=seed, show_progress=show_progress, scenes=scenes)
-    if reading_steps:
-        examples = reading_examples(seed, [entity["name"] for entity in entities], looks)
-        losses["LLM reading warm-up"] = warm_up_language_model(CausalLM(model), tokenizer, examples, reading_steps,
-                                                               seed=seed, show_progress=show_progress)
-    return losses
+    vision = model.config.vision_config
+    return warm_up_generator(ProjectorInput(model), vision.hidden_size, vision.image_size, image_processor,
+                             CausalLM(model), tokenizer, entities, vision_steps=vision_steps,
+                             reading_steps=reading_steps, seed=seed, scene_share=scene_share,
+                             show_progress=show_progress)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -38,20 +39,22 @@ SCENE_SPLIT = "test"
 """The scene split is an evaluation split: its files carry OK-VQA's test names inside ``scene/``."""
 _STREAM_SCENES = 11
 _IMAGE_ID_BASE = 5_000_000
+T = TypeVar("T")
 
 
-def scene_with(target: Mapping[str, str], pick_other: Callable[[], Mapping[str, str]], asked: str,
-               rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str, int]:
-    """A scene of ``target`` beside a creature from ``pick_other`` (drawn again until an attribute other than
-    ``asked`` tells them apart), on a random side; returns (image, qualifier phrase, target's side 0/1)."""
+def scene_with(target: Mapping[str, str], draw_other: Callable[[], T], asked: str, rng: np.random.Generator,
+               image_size: int, look_of: Callable[[T], Mapping[str, str]] = dict) -> tuple[Image.Image, str, int, T]:
+    """A scene of ``target`` (a look) beside a creature from ``draw_other`` (drawn again until an attribute other
+    than ``asked`` tells them apart; ``look_of`` gives its look), on a random side; returns (image, qualifier
+    phrase, target's side 0/1, the other creature)."""
     while True:
-        other = pick_other()
-        phrase = qualifier(dict(target), dict(other), asked, rng)
+        other = draw_other()
+        phrase = qualifier(dict(target), dict(look_of(other)), asked, rng)
         if phrase is not None:
             break
     side = int(rng.integers(2))
-    looks = [dict(target), dict(other)] if side == 0 else [dict(other), dict(target)]
-    return render_scene(looks, rng, image_size), phrase, side
+    looks = [dict(target), dict(look_of(other))]
+    return render_scene(looks if side == 0 else looks[::-1], rng, image_size), phrase, side, other
 
 
 def write_scene_split(root: Path, targets: Sequence[Entity], others: Sequence[Entity], images_per_entity: int,
@@ -70,17 +73,13 @@ def write_scene_split(root: Path, targets: Sequence[Entity], others: Sequence[En
             position += 1
             image_id = _IMAGE_ID_BASE + position
             asked = KNOWLEDGE_ATTRIBUTES[(j + offset) % len(KNOWLEDGE_ATTRIBUTES)]
-            beside: list[Entity] = []
-
-            def pick_other(pool: list[Entity] = pool, beside: list[Entity] = beside) -> Mapping[str, str]:
-                beside[:] = [pool[int(rng.integers(len(pool)))]]  # remembered: the annotation names it
-                return beside[0].attributes
-
-            image, phrase, side = scene_with(entity.attributes, pick_other, asked, rng, image_size)
+            image, phrase, side, other = scene_with(
+                entity.attributes, lambda pool=pool: pool[int(rng.integers(len(pool)))], asked, rng, image_size,
+                look_of=lambda creature: creature.attributes)
             save_image(image, root / image_relpath(SCENE_SPLIT, image_id))
             question, annotation = make_question(entity, "knowledge", asked, image_id, image_id * 10, rng)
             question["question"] = qualified(question["question"], phrase)
-            annotation["scene"] = {"other_entity_id": beside[0].id, "side": ["left", "right"][side],
+            annotation["scene"] = {"other_entity_id": other.id, "side": ["left", "right"][side],
                                    "named_by": phrase}
             questions.append(question)
             annotations.append(annotation)

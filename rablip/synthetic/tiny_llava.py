@@ -30,6 +30,7 @@ from transformers import (
 from rablip.errors import DataError
 from rablip.synthetic.build import IMAGE_TOKEN, copy_ready_attention
 from rablip.synthetic.files import load_manifest
+from rablip.synthetic.generator_warmups import log_warm_ups
 from rablip.synthetic.llava_warmup import warm_up_llava
 from rablip.synthetic.settings import SyntheticSettings
 from rablip.synthetic.tokenizer_training import train_tokenizer
@@ -127,9 +128,7 @@ def build_world_llava(world_dir: str | Path, out_dir: str | Path, settings: Synt
                                    load_manifest(world_dir)["entities"], vision_steps=warmup.vision_steps,
                                    reading_steps=warmup.reading_steps, seed=settings.seed,
                                    scene_share=warmup.scene_share)
-            for name, values in losses.items():
-                log.info("LLaVA %s: %d steps, loss %.3f -> %.3f", name, len(values), values[0],
-                         sum(values[-20:]) / len(values[-20:]))
+            log_warm_ups(losses, prefix="LLaVA ")
             save_llava(model, tokenizer, model_dir, image_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():

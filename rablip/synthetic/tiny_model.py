@@ -19,12 +19,9 @@ from rablip.models.rablip import RABlipForConditionalGeneration
 from rablip.models.vision import build_vision_model
 from rablip.synthetic.build import build_tiny_checkpoint, copy_ready_attention
 from rablip.synthetic.files import load_manifest
-from rablip.synthetic.llm_warmup import warm_up_language_model
-from rablip.synthetic.reading import reading_examples
+from rablip.synthetic.generator_warmups import log_warm_ups, warm_up_generator
 from rablip.synthetic.settings import SyntheticSettings, TinyModelSection
 from rablip.synthetic.tokenizer_training import train_tokenizer
-from rablip.synthetic.viewing import class_counts, viewing_batches
-from rablip.synthetic.vision_warmup import warm_up_vision_model
 from rablip.synthetic.world_tokenizers import prompt_texts, train_world_tokenizers
 from rablip.utils.logging import get_logger
 
@@ -33,7 +30,6 @@ log = get_logger("rablip.synthetic")
 # OpenAI CLIP normalisation, which BLIP-2 / InstructBLIP image processors use.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-VISION_WARMUP_BATCH = 32
 
 
 def architecture_dict(model: TinyModelSection, llm_vocab_size: int, qformer_vocab_size: int) -> dict:
@@ -113,25 +109,12 @@ def prepare_tiny_generator(world_dir: str | Path, model_dir: Path, settings: Syn
         model.vision_model = build_vision_model(model.config)
     if sizes.llm_copy_init:
         log.info("copy-ready LLM attention: %d layers", copy_ready_attention(model.language_model))
-    entities = load_manifest(world_dir)["entities"]
-    if warmup.vision_steps:
-        scenes = warmup.scene_share > 0
-        batches = viewing_batches(seed, VISION_WARMUP_BATCH, sizes.image_size, [e["attributes"] for e in entities],
-                                  scene_share=warmup.scene_share)
-        losses = warm_up_vision_model(model.vision_model, image_processor, model.config.vision_config.hidden_size,
-                                      class_counts(scenes), batches, warmup.vision_steps, seed=seed, scenes=scenes)
-        _log_warm_up("vision viewing warm-up", losses)
-    if warmup.reading_steps:
-        examples = reading_examples(seed, [e["name"] for e in entities], [e["attributes"] for e in entities])
-        losses = warm_up_language_model(model.language_model, llm_tokenizer, examples, warmup.reading_steps,
-                                        seed=seed)
-        _log_warm_up("LLM reading warm-up", losses)
+    losses = warm_up_generator(model.vision_model, model.config.vision_config.hidden_size, sizes.image_size,
+                               image_processor, model.language_model, llm_tokenizer,
+                               load_manifest(world_dir)["entities"], vision_steps=warmup.vision_steps,
+                               reading_steps=warmup.reading_steps, seed=seed, scene_share=warmup.scene_share)
+    log_warm_ups(losses)
     model.save_pretrained(str(model_dir), trainable_only=False)
-
-
-def _log_warm_up(name: str, losses: list[float]) -> None:
-    """Steps, first loss and the mean of the last 20 of a finished warm-up."""
-    log.info("%s: %d steps, loss %.3f -> %.3f", name, len(losses), losses[0], sum(losses[-20:]) / len(losses[-20:]))
 
 
 def build_generator_for_texts(texts: list[str], out_dir: str | Path, sizes: TinyModelSection, seed: int = 0) -> Path:
