@@ -171,8 +171,7 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
         jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *source),
                         [f"finetune_{variant}"]))
         if variant != "no_retrieval":
-            jobs.append(noisy_job(stage, "eval", variant, checkpoint, *source))
-            jobs.append(hard_noisy_job(stage, "eval", variant, checkpoint, *source))
+            jobs += noisy_jobs(stage, "eval", variant, checkpoint, *source)
     edited = [f"data.kb.path={world / 'kb_edited.jsonl'}", f"data.kb.store_dir={world / 'kb_store_edited'}",
               f"retrieval.index_dir={world / 'index_edited'}"]
     jobs += [
@@ -194,25 +193,17 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
         jobs += [Job("finetune_rora", stage("run_finetune.py", "rora_finetune", "finetune_rora", *finetune),
                      ["index", "llava"]),
                  Job("eval_rora", stage("run_eval.py", "rora_eval", "eval_rora", checkpoint), ["finetune_rora"]),
-                 noisy_job(stage, "rora_eval", "rora", checkpoint),
-                 hard_noisy_job(stage, "rora_eval", "rora", checkpoint)]
+                 *noisy_jobs(stage, "rora_eval", "rora", checkpoint)]
     return jobs
 
 
-def noisy_job(stage: Callable[..., list[str]], config: str, variant: str, *overrides: str) -> Job:
-    """``eval_<variant>_noisy``: the variant's evaluation with the noisy fraction of its references replaced by
-    random knowledge-base items."""
-    name = f"eval_{variant}_noisy"
-    return Job(name, stage("run_eval.py", config, name, *overrides, f"eval.noisy_fraction={NOISY_FRACTION}",
-                           "eval.k_sweep=[]"), [f"finetune_{variant}"])
-
-
-def hard_noisy_job(stage: Callable[..., list[str]], config: str, variant: str, *overrides: str) -> Job:
-    """``eval_<variant>_hard_noisy``: the variant's evaluation with the noisy fraction of its references replaced
-    by the retriever's own next-ranked wrong items (``eval.noisy_mode=hard``)."""
-    name = f"eval_{variant}_hard_noisy"
-    return Job(name, stage("run_eval.py", config, name, *overrides, f"eval.noisy_fraction={NOISY_FRACTION}",
-                           "eval.noisy_mode=hard", "eval.k_sweep=[]"), [f"finetune_{variant}"])
+def noisy_jobs(stage: Callable[..., list[str]], config: str, variant: str, *overrides: str) -> list[Job]:
+    """``eval_<variant>_noisy`` and ``eval_<variant>_hard_noisy``: the variant's evaluation with the noisy fraction
+    of its references replaced by random knowledge-base items, and by the retriever's own next-ranked wrong items
+    (``eval.noisy_mode=hard``)."""
+    return [Job(name, stage("run_eval.py", config, name, *overrides, f"eval.noisy_fraction={NOISY_FRACTION}",
+                            *mode, "eval.k_sweep=[]"), [f"finetune_{variant}"])
+            for name, mode in ((f"eval_{variant}_noisy", []), (f"eval_{variant}_hard_noisy", ["eval.noisy_mode=hard"]))]
 
 
 def group_scores(eval_dir: Path) -> dict[str, float]:
