@@ -21,9 +21,12 @@ each as a subprocess with its log in ``DIR/logs/``:
 4. align the generator to say what it sees (``run_finetune.py`` with ``synthetic_align.yaml``): visual
    questions about invented creatures from the world's ``align/`` split, no references, as BLIP-2's
    second stage and InstructBLIP's instruction data did for the real checkpoints;
-5. fine-tune three generators from the same aligned generator and pre-trained encoder (``run_finetune.py``):
-   ``no_retrieval`` (question image and question only), ``ra`` (the retriever's top k, clean) and
-   ``ra_askg`` (ASKG: noise ratio 0.5, selection weight 0.1, plus a random noise snippet);
+5. fine-tune four generators from the same aligned generator and pre-trained encoder (``run_finetune.py``):
+   ``no_retrieval`` (question image and question only); ``ra`` and ``ra_askg``, RA-BLIP as released (its
+   prompt, every InstructBLIP stage in its ``model.multi_image=concat``; trained on each question's gold facts,
+   ``ra_askg`` with the release's ASKG selection sample: :data:`VARIANTS`); and ``ra_askg_rablip``, rablip's
+   recipe (the retriever's ranked items mixed with its best-ranked wrong ones, a random noise snippet,
+   counterfactual facts, rablip's prompt);
 6. evaluate each on the test split (``run_eval.py``) with clean retrieval, with noisy retrieval
    (half of the k references replaced by random knowledge-base items) and with hard-noisy retrieval
    (``eval.noisy_mode=hard``: the same half replaced by the retriever's own next-ranked wrong items);
@@ -31,7 +34,7 @@ each as a subprocess with its log in ``DIR/logs/``:
    and the index (no retraining) and answer the affected questions again with ``ra_askg``;
 8. RORA-VLM's variant ``rora`` (left out with ``--skip-rora``; nothing above changes): the world's tiny LLaVA
    (``make_synthetic.py --only ...,llava``) fine-tuned with ``synthetic_rora_finetune.yaml`` (two-stage
-   snippets, visual token refinement, a noise snippet; LoRA) and evaluated with ``synthetic_rora_eval.yaml``,
+   snippets, visual token refinement, a noise snippet; its LLM trained fully at this size) and evaluated with ``synthetic_rora_eval.yaml``,
    clean, noisy and hard-noisy, as the other retrieval variants (``results.json``: ``variants.rora``).
 
 Writes ``DIR/results.json`` (with each job's wall time in ``stage_seconds``) and prints one table; each
@@ -48,6 +51,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,14 +66,40 @@ from rablip.utils.cli import run_main  # noqa: E402
 from rablip.utils.io import atomic_write_json, read_json  # noqa: E402
 
 EXPERIMENTS = "configs/experiment"
+RELEASE = ("prompt.template=release",)
+"""RA-BLIP's released prompt ("captions | facts | question", also the Q-Former's instruction), for the variants
+that fine-tune as the release does; the release's other half, one Q-Former pass over the concatenated images,
+is every InstructBLIP stage's :data:`MODEL` (the mode is fixed from pre-training on)."""
+MODEL = ("model.multi_image=concat",)
+CLEAN_FACTS = ("noise.random_snippets=0", "noise.counterfactual=0")
+
+
+class Variant(NamedTuple):
+    finetune: tuple[str, ...]
+    """Overrides of ``synthetic_finetune.yaml``."""
+    evaluate: tuple[str, ...]
+    """Overrides of ``synthetic_eval.yaml`` (clean, noisy and hard-noisy alike)."""
+
+
+INDEX = "retrieval.source=index"
 VARIANTS = {
-    "no_retrieval": ["retrieval.source=none", "askg.enabled=false", "noise.random_snippets=0",
-                     "noise.counterfactual=0"],
-    "ra": ["retrieval.source=index", "askg.enabled=false", "noise.random_snippets=0", "noise.counterfactual=0"],
-    "ra_askg": ["retrieval.source=index", "askg.enabled=true", "askg.noise_ratio=0.5", "askg.weight=0.1",
-                "askg.negatives=hard", "noise.random_snippets=1", "noise.counterfactual=1.0",
-                "noise.counterfactual_types=[knowledge/seen,knowledge/unseen]"],
+    "no_retrieval": Variant(("retrieval.source=none", "askg.enabled=false", *CLEAN_FACTS), ("retrieval.source=none",)),
+    # RA-BLIP as released (iLearn-Lab/TMM25-RA-BLIP WebqaDataset): trained on each question's gold facts (the
+    # entity's KB image with its caption and its fact text), answering from the retriever's top k.
+    "ra": Variant(("retrieval.source=gold", "askg.enabled=false", *CLEAN_FACTS, *RELEASE), (INDEX, *RELEASE)),
+    # ... with the release's ASKG (WebqaEnhancedTrainDataset): the gold answering sample plus a selection sample
+    # (the fact text first, then the retriever's best-ranked wrong image item), loss QA + 0.1 x selection.
+    "ra_askg": Variant((INDEX, "askg.enabled=true", "askg.answer_refs=gold", "askg.selection_order=positive_first",
+                        "askg.negatives=hard", "askg.weight=0.1", *CLEAN_FACTS, *RELEASE), (INDEX, *RELEASE)),
+    # rablip's recipe: the answering sample mixes the retriever's ranked items with its best-ranked wrong ones
+    # (noise ratio 0.5), a random noise snippet, counterfactual facts; rablip's prompt.
+    "ra_askg_rablip": Variant((INDEX, "askg.enabled=true", "askg.answer_refs=mixed", "askg.noise_ratio=0.5",
+                               "askg.weight=0.1", "askg.negatives=hard", "noise.random_snippets=1",
+                               "noise.counterfactual=1.0", "noise.counterfactual_types=[knowledge/seen,knowledge/unseen]"),
+                              (INDEX,)),
 }
+EDITED_BY = "ra_askg"
+"""The variant that answers the knowledge-edit questions."""
 PRETRAIN_BATCH = 32
 """train.batch_size of configs/experiment/synthetic_pretrain.yaml."""
 NOISY_FRACTION = 0.5
@@ -120,9 +150,11 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     world = out / "world"
     common = [f"run.seed={seed}", f"data.root={world}", f"model.fusion.checkpoint={out / 'pretrain' / 'final'}",
               f"retrieval.index_dir={world / 'index'}"]
+    instructblip = [*common, *MODEL]
 
     def stage(script: str, config: str, run_dir: str, *extra: str) -> list[str]:
-        return [script, "--config", f"{EXPERIMENTS}/synthetic_{config}.yaml", *common,
+        model = [] if config.startswith("rora") else list(MODEL)
+        return [script, "--config", f"{EXPERIMENTS}/synthetic_{config}.yaml", *common, *model,
                 f"run.output_dir={out / run_dir}", *extra]
 
     pretrain = [f"train.max_steps={pretrain_steps}"] if pretrain_steps else []
@@ -145,7 +177,7 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
         *[Job(part, ["scripts/make_synthetic.py", "--out", str(world), *build, "--only", part], ["world"])
           for part in ("checkpoint", *(["llava"] if rora else []))],
         Job("pretrain", stage("run_pretrain.py", "pretrain", "pretrain", *pretrain), ["checkpoint"], ranks),
-        Job("index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common],
+        Job("index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *instructblip],
             ["pretrain"]),
         Job("align", stage("run_finetune.py", "align", "align",
                            f"model.checkpoint={out / 'pretrain' / 'final' / 'generator'}", *align), ["pretrain"]),
@@ -158,35 +190,35 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
                      ["index"])
                  for name, split in (("retrieval", []), ("retrieval_uninstructed", []), ("retrieval_scene", scene),
                                      ("retrieval_scene_uninstructed", scene))]
-    # ra_askg's fine-tuning is the longest job: it starts first, the others share the second core.
-    for variant in sorted(VARIANTS, key=lambda name: name != "ra_askg"):
-        overrides = VARIANTS[variant]
+    # the ASKG fine-tunings are the longest jobs: they start first, the others share the cores after them.
+    for variant in sorted(VARIANTS, key=lambda name: not name.startswith("ra_askg")):
+        spec = VARIANTS[variant]
         checkpoint = f"eval.checkpoint={out / f'finetune_{variant}' / 'final'}"
-        source = [o for o in overrides if o.startswith("retrieval.source")]
         start = f"model.checkpoint={out / 'align' / 'final'}"
         jobs.append(Job(f"finetune_{variant}", stage("run_finetune.py", "finetune", f"finetune_{variant}", start,
-                                                     *overrides, *finetune), ["index", "align"]))
-        if variant == "ra_askg":
+                                                     *spec.finetune, *finetune), ["index", "align"]))
+        if variant == "ra_askg_rablip":
             jobs += retrieval
-        jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *source),
+        jobs.append(Job(f"eval_{variant}", stage("run_eval.py", "eval", f"eval_{variant}", checkpoint, *spec.evaluate),
                         [f"finetune_{variant}"]))
         if variant != "no_retrieval":
-            jobs += noisy_jobs(stage, "eval", variant, checkpoint, *source)
+            jobs += noisy_jobs(stage, "eval", variant, checkpoint, *spec.evaluate)
     edited = [f"data.kb.path={world / 'kb_edited.jsonl'}", f"data.kb.store_dir={world / 'kb_store_edited'}",
               f"retrieval.index_dir={world / 'index_edited'}"]
     jobs += [
         # The edit writes new files beside the world's own, so it and its index need only the encoder.
         Job("edit", ["scripts/make_synthetic.py", "--edit", str(world), "--edit-fraction", str(EDIT_FRACTION)],
             ["index"]),
-        Job("edit_kb", ["scripts/build_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common, *edited],
-            ["edit"]),
-        Job("edit_index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *common,
+        Job("edit_kb", ["scripts/build_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *instructblip,
+                        *edited], ["edit"]),
+        Job("edit_index", ["scripts/encode_kb.py", "--config", f"{EXPERIMENTS}/synthetic_eval.yaml", *instructblip,
                            *edited], ["edit_kb"]),
         Job("eval_edit", stage("run_eval.py", "eval", "eval_edit", *edited,
-                               f"eval.checkpoint={out / 'finetune_ra_askg' / 'final'}", "eval.k_sweep=[]",
+                               f"eval.checkpoint={out / f'finetune_{EDITED_BY}' / 'final'}", "eval.k_sweep=[]",
+                               *VARIANTS[EDITED_BY].evaluate,
                                f"data.test.path={world / 'edit' / 'OpenEnded_mscoco_test2014_questions.json'}",
                                f"data.test.annotations={world / 'edit' / 'mscoco_test2014_annotations.json'}"),
-            ["edit_index", "finetune_ra_askg"]),
+            ["edit_index", f"finetune_{EDITED_BY}"]),
     ]
     if rora:
         checkpoint = f"eval.checkpoint={out / 'finetune_rora' / 'final'}"

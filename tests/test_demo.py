@@ -38,7 +38,7 @@ def test_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     assert scene["retrieval"]["questions"] == 2 * len(json.loads((out / "world" / "world.json").read_text())[
         "splits"]["test"]["entity_ids"]), "scene retrieval scores the world's scene/ split"
     assert "retrieval on scenes" in result.stdout
-    assert set(results["variants"]) == {"no_retrieval", "ra", "ra_askg", "rora"}
+    assert set(results["variants"]) == {"no_retrieval", "ra", "ra_askg", "ra_askg_rablip", "rora"}
     for name, values in results["variants"].items():
         assert set(values) == (VARIANT_KEYS if name == "no_retrieval" else RETRIEVAL_VARIANT_KEYS)
         assert all(0 <= value <= 100 for value in values.values())
@@ -116,6 +116,32 @@ def test_plan_runs_pretraining_as_ranks_with_the_same_global_batch(demo):
     assert two["world"].argv[two["world"].argv.index("--extra-pairs") + 1] == str(3 * demo.PRETRAIN_BATCH)
     with pytest.raises(demo.RablipError, match="--ranks 3"):
         demo.plan(Path("/out"), 0, 12, 3, None, ranks=3)
+
+
+def test_plan_fine_tunes_ra_and_ra_askg_as_released_and_rablips_recipe_beside_them(demo):
+    jobs = {job.name: job for job in demo.plan(Path("/out"), 0, 12, None, None)}
+
+    def overrides(name: str) -> dict[str, str]:
+        return dict(arg.split("=", 1) for arg in jobs[name].argv if "=" in arg and not arg.startswith("-"))
+
+    for variant in ("ra", "ra_askg"):
+        trained, answered = overrides(f"finetune_{variant}"), overrides(f"eval_{variant}")
+        assert trained["prompt.template"] == "release" and trained["noise.counterfactual"] == "0"
+        for name in (f"eval_{variant}", f"eval_{variant}_noisy", f"eval_{variant}_hard_noisy"):
+            assert overrides(name)["prompt.template"] == "release" and overrides(name)["retrieval.source"] == "index"
+    assert overrides("finetune_ra")["retrieval.source"] == "gold" and overrides("finetune_ra")["askg.enabled"] == "false"
+    askg = overrides("finetune_ra_askg")
+    assert (askg["askg.answer_refs"], askg["askg.selection_order"], askg["askg.weight"]) == ("gold", "positive_first", "0.1")
+    rablip = overrides("finetune_ra_askg_rablip")
+    assert rablip["askg.answer_refs"] == "mixed" and "prompt.template" not in rablip
+    assert "prompt.template" not in overrides("eval_ra_askg_rablip")
+    assert overrides("eval_edit")["eval.checkpoint"] == "/out/finetune_ra_askg/final"
+    assert overrides("eval_edit")["prompt.template"] == "release"
+    # the release's one Q-Former pass over the concatenated images, from pre-training on; not the LLaVA's jobs
+    for name, job in jobs.items():
+        if name in ("world", "checkpoint", "llava", "edit"):
+            continue
+        assert ("model.multi_image=concat" in job.argv) == ("rora" not in name), name
 
 
 RANK_SCRIPT = """import os, sys, time
