@@ -85,7 +85,7 @@ def test_stages_do_not_build_what_is_missing(tmp_path):
 
 def test_settings_come_from_defaults_a_yaml_file_and_overrides_with_clear_errors(tmp_path):
     defaults = load_settings()
-    assert (defaults.world.entities, defaults.warmup.vision_steps, defaults.warmup.reading_steps) == (96, 2000, 1000)
+    assert (defaults.world.entities, defaults.warmup.vision_steps, defaults.warmup.reading_steps) == (96, 2000, 1500)
     assert (defaults.model.vision_backend, defaults.model.timm_name, defaults.model.llm_type) == (
         "timm", "test_resnet", "llama")
     path = tmp_path / "s.yaml"
