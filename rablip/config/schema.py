@@ -302,6 +302,9 @@ class TrainConfig:
     """Pre-training pairs from the knowledge base: self (an image+text item's image finds that item) or
     entity (it finds any item with the same title, e.g. the entity's text article, and the query carries
     a random training question's text, as real queries do)."""
+    image_only_queries: float = 0.0
+    """Pre-training: share of the queries that carry their image alone, the question dropped, as RORA-VLM's
+    stage-1 image search (retrieval.mode=two_stage) asks the encoder. 0: every query keeps its question."""
     itc_weight: float = 1.0
     """Pre-training: image-text contrastive loss weight."""
     itm_weight: float = 1.0
@@ -337,6 +340,7 @@ class TrainConfig:
         check_choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16"))
         check_choice("train.best_mode", self.best_mode, ("max", "min"))
         check_choice("train.item_pairs", self.item_pairs, ("self", "entity"))
+        check_range("train.image_only_queries", self.image_only_queries, 0.0, 1.0)
         check_choice("train.stage", self.stage, ("encoder", "rerank"))
         for name in ("itc_weight", "itm_weight", "itg_weight"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)

@@ -57,6 +57,8 @@ from rablip.utils.logging import get_logger
 
 log = get_logger("rablip.pretrain")
 GENERATOR_DIR = "generator"
+_STREAM_IMAGE_ONLY = 1
+"""Seeds, beside (seed, index, epoch), the draw of whether a query drops its question."""
 
 
 @dataclass
@@ -153,7 +155,15 @@ class PairDataset(Dataset):
         return len(self.pairs) + self.extra
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[object, str, KBItem, object]:
-        index, epoch = key
+        query_image, question, item, item_image = self.pair(*key)
+        share = self.cfg.train.image_only_queries
+        if share and query_image is not None:
+            # a stream of its own, so that the pairs drawn stay those of share 0
+            if np.random.default_rng([self.cfg.run.seed, *key, _STREAM_IMAGE_ONLY]).random() < share:
+                question = ""
+        return query_image, question, item, item_image
+
+    def pair(self, index: int, epoch: int) -> tuple[object, str, KBItem, object]:
         rng = np.random.default_rng([self.cfg.run.seed, epoch, index])
         if index >= len(self.pairs):
             if isinstance(self.extra_records, StreamedPairs):

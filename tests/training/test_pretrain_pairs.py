@@ -139,3 +139,25 @@ def test_pairs_query_without_a_question_when_no_training_question_names_an_item(
     for index in range(0, len(pairs), max(1, len(pairs) // 5)):
         query_image, question, _, _ = dataset[(index, 0)]
         assert question == "" and query_image is not None
+
+
+def test_image_only_queries_drop_the_question_of_that_share_and_change_nothing_else(world):
+    cfg, kb, examples, pairs, dataset = setup(world, "entity")
+    keys = [(index, epoch) for index in range(len(pairs)) for epoch in range(3)]
+    plain = [dataset[key] for key in keys]
+    assert all(question for _, question, _, _ in plain), "every query of the synthetic world carries a question"
+    for share in (0.3, 1.0):
+        train = dataclasses.replace(cfg.train, image_only_queries=share)
+        dropping = PairDataset(dataclasses.replace(cfg, train=train), pairs, kb)
+        drawn = [dropping[key] for key in keys]
+        dropped = [question == "" for _, question, _, _ in drawn]
+        for (image, question, item, _), (image2, question2, item2, _) in zip(plain, drawn, strict=True):
+            assert item2.id == item.id and question2 in ("", question)
+            assert np.array_equal(np.asarray(image2), np.asarray(image)), "the same query image"
+        if share == 1.0:
+            assert all(dropped)
+        else:
+            assert 0.2 < sum(dropped) / len(dropped) < 0.4
+            assert [dropping[key][1] == "" for key in keys] == dropped, "the same draw on every read"
+    with pytest.raises(Exception, match="train.image_only_queries"):
+        load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["train.image_only_queries=1.5"])
