@@ -125,7 +125,7 @@ def test_plan_fine_tunes_ra_and_ra_askg_as_released_and_rablips_recipe_beside_th
         return dict(arg.split("=", 1) for arg in jobs[name].argv if "=" in arg and not arg.startswith("-"))
 
     for variant in ("ra", "ra_askg"):
-        trained, answered = overrides(f"finetune_{variant}"), overrides(f"eval_{variant}")
+        trained = overrides(f"finetune_{variant}")
         assert trained["prompt.template"] == "release" and trained["noise.counterfactual"] == "0"
         for name in (f"eval_{variant}", f"eval_{variant}_noisy", f"eval_{variant}_hard_noisy"):
             assert overrides(name)["prompt.template"] == "release" and overrides(name)["retrieval.source"] == "index"

@@ -135,7 +135,7 @@ class WarmupSection:
     reading_steps: int = 1500
     """Its LLM learns, text only, to read facts about invented creatures out of references
     (rablip.synthetic.reading; no world entity). 0: none. 1,000 left seed 1's LLM at loss 0.28 (seed 0: 0.04),
-    and every generator that reads weaker; 1,500 ends it at 0.03 (BENCHMARKS.md "Denoising and scenes")."""
+    and every generator that reads weaker; 1,500 ends it at 0.004 (BENCHMARKS.md "RA-BLIP as released in the demo")."""
 
     scene_share: float = 0.0
     """Share of the vision warm-up's renderings that are scenes of two creatures, each to be named from the
