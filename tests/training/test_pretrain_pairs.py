@@ -13,6 +13,8 @@ from rablip.stages.pretrain import PairDataset, build_pairs, extra_pairs, new_vi
 from tests.retrieval.tiny_world import PRETRAIN_CONFIG, TEST_WORLD, build_world, world_overrides
 
 EXTRA_RECORDS = 200
+QUESTIONED = "train.image_only_queries=0"
+"""Every query keeps its question (synthetic_pretrain.yaml drops a share of them: the last test)."""
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def world(tmp_path_factory):
 
 
 def setup(tmp, item_pairs):
-    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp) + [f"train.item_pairs={item_pairs}"])
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(tmp) + [f"train.item_pairs={item_pairs}", QUESTIONED])
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
     examples = load_split(cfg.data, "train")
     pairs = build_pairs(examples, kb, item_pairs)
@@ -82,7 +84,7 @@ def test_a_new_view_keeps_size_and_colours():
 
 
 def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_every_epoch(world):
-    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0.25"])
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0.25", QUESTIONED])
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
     examples = load_split(cfg.data, "train")
     pairs = build_pairs(examples, kb, cfg.train.item_pairs)
@@ -112,7 +114,7 @@ def test_invented_creature_pairs_are_added_as_a_share_of_all_pairs_and_change_ev
 
 
 def test_extra_pair_i_of_epoch_e_is_record_e_times_extra_plus_i_modulo_the_records(world):
-    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0.25"])
+    cfg = load_config(str(PRETRAIN_CONFIG), world_overrides(world) + ["data.extra_pairs.share=0.25", QUESTIONED])
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root)
     pairs = build_pairs(load_split(cfg.data, "train"), kb, cfg.train.item_pairs)
     records, extra = extra_pairs(cfg, len(pairs))

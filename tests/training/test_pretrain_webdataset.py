@@ -31,7 +31,7 @@ def world(tmp_path_factory):
 def shard_config(root, *extra: str):
     return load_config(str(PRETRAIN_CONFIG), world_overrides(root) + [
         "data.extra_pairs.format=webdataset", f"data.extra_pairs.path={root / 'shards'}",
-        "data.extra_pairs.share=0.25", "train.batch_size=4", *extra])
+        "data.extra_pairs.share=0.25", "train.batch_size=4", "train.image_only_queries=0", *extra])
 
 
 def test_extra_pairs_come_from_shards_for_a_directory_and_from_the_file_otherwise(world):
