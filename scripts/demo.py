@@ -34,8 +34,9 @@ each as a subprocess with its log in ``DIR/logs/``:
    and the index (no retraining) and answer the affected questions again with ``ra_askg``;
 8. RORA-VLM's variant ``rora`` (left out with ``--skip-rora``; nothing above changes): the world's tiny LLaVA
    (``make_synthetic.py --only ...,llava``) fine-tuned with ``synthetic_rora_finetune.yaml`` (two-stage
-   snippets, visual token refinement, a noise snippet; its LLM trained fully at this size) and evaluated with ``synthetic_rora_eval.yaml``,
-   clean, noisy and hard-noisy, as the other retrieval variants (``results.json``: ``variants.rora``).
+   snippets, visual token refinement, a noise snippet; its LLM trained fully at this size) and evaluated with
+   ``synthetic_rora_eval.yaml``, clean, noisy and hard-noisy, as the other retrieval variants (``results.json``:
+   ``variants.rora``).
 
 Writes ``DIR/results.json`` (with each job's wall time in ``stage_seconds``) and prints one table; each
 evaluation's ``report.html`` is linked.
