@@ -154,8 +154,8 @@ def plan(out: Path, seed: int, entities: int, pretrain_steps: int | None, finetu
     instructblip = [*common, *MODEL]
 
     def stage(script: str, config: str, run_dir: str, *extra: str) -> list[str]:
-        model = [] if config.startswith("rora") else list(MODEL)
-        return [script, "--config", f"{EXPERIMENTS}/synthetic_{config}.yaml", *common, *model,
+        shared = common if config.startswith("rora") else instructblip  # the LLaVA has no multi_image mode
+        return [script, "--config", f"{EXPERIMENTS}/synthetic_{config}.yaml", *shared,
                 f"run.output_dir={out / run_dir}", *extra]
 
     pretrain = [f"train.max_steps={pretrain_steps}"] if pretrain_steps else []
