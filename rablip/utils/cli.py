@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 
 from rablip.errors import EXIT_USER_ERROR, RablipError
+from rablip.utils.dist import closed_process_group
 
 
 def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
@@ -29,4 +31,21 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    if closed_process_group():
+        exit_without_teardown(code or 0)
     raise SystemExit(code or 0)
+
+
+def exit_without_teardown(code: int) -> None:
+    """Flush what the process printed and logged, then end it without the interpreter's teardown.
+
+    A rank whose job ran on a process group ends this way. A gloo worker thread may still be releasing a
+    finished collective (a barrier keeps the gathers it waited on) when the main thread returns; releasing
+    tensors that Python has seen takes the GIL, which a finalizing interpreter no longer hands out, and
+    the thread's exit aborts the process (SIGABRT, "terminate called without an active exception") after
+    the job succeeded. Every file a job writes is closed by then (writers use ``with`` blocks; wandb is
+    finished by :class:`rablip.training.metrics_log.MetricsLog`)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -39,10 +39,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+_closed_group = False
+
+
 def end_distributed() -> None:
     """Close the process group at the end of a job (a rank may otherwise abort at exit)."""
+    global _closed_group
     if _group_ready():
         dist.destroy_process_group()
+        _closed_group = True
+
+
+def closed_process_group() -> bool:
+    """Whether this process ran a job on a process group and closed it (:func:`end_distributed`)."""
+    return _closed_group
 
 
 def process_device() -> torch.device:
