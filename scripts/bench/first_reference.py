@@ -3,9 +3,12 @@
     python scripts/bench/first_reference.py --world DIR --eval DIR [--group knowledge/unseen]
 
 For each question of the group in an evaluation of the synthetic world's test split (``run_eval.py`` with
-``retrieval.source=index``; its ``retrieval_test.jsonl`` and ``predictions.json``), where the retriever
-put the question's relevant item (first, second or third, or lower), and whether the answer was right, or
-the fact of another entity among the top three. Prints one JSON object.
+``retrieval.source=index``; its ``config.yaml``, ``retrieval_test.jsonl`` and ``predictions.json``), where the
+question's relevant item stood among the ``retrieval.k`` references the generator was shown (first, second,
+third, ...; a two-stage snippet holds its entity's text item), and whether the answer was right, or the fact
+of another entity shown beside it. A noisy evaluation (``eval.noisy_fraction``) showed the references that
+:class:`rablip.retrieval.references.NoisyReferences` drew from the ranking; they are drawn again here with the
+evaluation's seed and settings. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -19,33 +22,56 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from rablip.benchmarks import load_split  # noqa: E402
+from rablip.config.load import load_config  # noqa: E402
+from rablip.data.kb import KBStore  # noqa: E402
 from rablip.evaluation.vqa_metric import normalize_answer  # noqa: E402
+from rablip.retrieval.references import NoisyReferences  # noqa: E402
 from rablip.synthetic.files import annotations_name, load_manifest  # noqa: E402
 from rablip.utils.cli import run_main  # noqa: E402
 from rablip.utils.io import iter_jsonl_with_lines, read_json  # noqa: E402
 
 
-def tally(world: Path, eval_dir: Path, group: str, k: int = 3) -> dict[str, int]:
-    """Counts of (rank of the relevant item within the top ``k``, answered right / another top-k entity's fact /
-    otherwise) over the questions of ``group``."""
+def shown_references(eval_dir: Path) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """Per question id: the ids of the references the evaluation showed, in their order, and the items each
+    reference holds (itself, and a snippet's attached texts)."""
+    cfg = load_config(eval_dir / "config.yaml")
+    k = cfg.retrieval.k
+    ranked, holds = {}, {}
+    for _, record in iter_jsonl_with_lines(eval_dir / "retrieval_test.jsonl", "retrieval cache"):
+        ranked[str(record["id"])] = [(item["id"], item.get("score")) for item in record["items"]]
+        holds.update({item["id"]: {item["id"], *item.get("texts", [])} for item in record["items"]})
+    if not cfg.eval.noisy_fraction:
+        return {qid: [i for i, _ in top[:k]] for qid, top in ranked.items()}, holds
+    kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
+    noisy = NoisyReferences(kb, cfg.eval.noisy_fraction, cfg.run.seed, images_only=cfg.retrieval.mode == "two_stage",
+                            mode=cfg.eval.noisy_mode)
+    shown = {}
+    for position, example in enumerate(load_split(cfg.data, cfg.eval.split)):
+        shown[example.id] = [i for i, _ in noisy(example, position, ranked[example.id], k)]
+    return shown, holds
+
+
+def tally(world: Path, eval_dir: Path, group: str) -> dict[str, int]:
+    """Counts of (place of the relevant item among the references shown, answered right / another shown
+    entity's fact / otherwise) over the questions of ``group``."""
     entities = {e["id"]: e for e in load_manifest(world)["entities"]}
     by_item = {item_id: e for e in entities.values() for item_id in e["kb_ids"].values()}
     annotations = read_json(world / annotations_name("test"))["annotations"]
-    ranked = {str(record["id"]): [item["id"] for item in record["items"]]
-              for _, record in iter_jsonl_with_lines(eval_dir / "retrieval_test.jsonl", "retrieval cache")}
+    shown, holds = shown_references(eval_dir)
     answers = {str(p["question_id"]): normalize_answer(p["answer"]) for p in read_json(eval_dir / "predictions.json")}
     counts: Counter[str] = Counter()
     for annotation in annotations:
         if annotation["question_type"] != group:
             continue
         qid, relevant = str(annotation["question_id"]), annotation["relevant_ids"][0]
-        top = ranked[qid][:k]
-        rank = top.index(relevant) + 1 if relevant in top else 0
+        top = shown[qid]
+        place = next((n for n, i in enumerate(top, 1) if relevant in holds.get(i, {i})), 0)
         gold = normalize_answer(annotation["answers"][0]["answer"])
         others = {normalize_answer(by_item[i]["facts"].get(annotation["attribute"], "")) for i in top
                   if i in by_item and by_item[i]["id"] != annotation["entity_id"]}
         outcome = "right" if answers.get(qid) == gold else "other_entity" if answers.get(qid) in others else "wrong"
-        counts[f"rank{rank}_{outcome}" if rank else f"below{k}_{outcome}"] += 1
+        counts[f"rank{place}_{outcome}" if place else f"not_shown_{outcome}"] += 1
         counts["questions"] += 1
     return dict(sorted(counts.items()))
 
