@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from rablip.errors import EXIT_USER_ERROR, RablipError
-from rablip.utils.dist import closed_process_group
+from rablip.utils.dist import groups_closed
 
 
 def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
@@ -21,6 +21,7 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     # when a model is loaded or switched to eval mode; offline (clusters, the GPU image this was found on) that
     # is a crash. rablip runs offline-first: Hub kernels stay off unless USE_HUB_KERNELS=YES is set.
     os.environ.setdefault("USE_HUB_KERNELS", "NO")
+    closed_before = groups_closed()
     try:
         code = main(argv)
     except RablipError as exc:
@@ -31,7 +32,7 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    if closed_process_group():
+    if groups_closed() > closed_before:  # this job ran on a process group (not an earlier one in this process)
         exit_without_teardown(code or 0)
     raise SystemExit(code or 0)
 

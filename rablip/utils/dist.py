@@ -39,20 +39,20 @@ def barrier() -> None:
         dist.barrier()
 
 
-_closed_group = False
+_groups_closed = 0
 
 
 def end_distributed() -> None:
     """Close the process group at the end of a job (a rank may otherwise abort at exit)."""
-    global _closed_group
+    global _groups_closed
     if _group_ready():
         dist.destroy_process_group()
-        _closed_group = True
+        _groups_closed += 1
 
 
-def closed_process_group() -> bool:
-    """Whether this process ran a job on a process group and closed it (:func:`end_distributed`)."""
-    return _closed_group
+def groups_closed() -> int:
+    """How many times this process closed a process group at the end of a job (:func:`end_distributed`)."""
+    return _groups_closed
 
 
 def process_device() -> torch.device:

@@ -15,8 +15,10 @@ import torch.distributed as dist
 from rablip.utils.cli import run_main
 from rablip.utils.dist import end_distributed
 
-def main(argv):
-    dist.init_process_group("gloo", init_method="file://" + argv[0], rank=0, world_size=1)
+rendezvous, mode = sys.argv[1:3]
+
+def job(argv):
+    dist.init_process_group("gloo", init_method="file://" + rendezvous + argv[0], rank=0, world_size=1)
     atexit.register(lambda: print("teardown ran", flush=True))
     print("job output")  # stdout is a pipe: block-buffered, so only a flush writes it
     logging.getLogger("job").warning("job logged")
@@ -24,15 +26,17 @@ def main(argv):
         end_distributed()
     return 3
 
-run_main(main)
+if mode == "earlier":  # an earlier job in this process closed its group; the entry point's own job does not
+    job(["-earlier", "close"])
+run_main(job, ["", "keep" if mode == "earlier" else mode])
 """
 
 
-@pytest.mark.parametrize("close", [True, False])
-def test_a_job_that_closed_its_process_group_exits_with_its_code_and_output_but_no_teardown(tmp_path, close):
+@pytest.mark.parametrize(("mode", "teardown"), [("close", False), ("keep", True), ("earlier", True)])
+def test_a_job_that_closed_its_process_group_exits_with_its_code_and_output_but_no_teardown(tmp_path, mode, teardown):
     buffered = {key: value for key, value in env().items() if key != "PYTHONUNBUFFERED"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "rendezvous"), "close" if close else "keep"],
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "rendezvous"), mode],
                             cwd=ROOT, env=buffered, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr
     assert "job output" in result.stdout and "job logged" in result.stderr
-    assert ("teardown ran" in result.stdout) is not close  # an open group (not from a job) keeps the normal exit
+    assert ("teardown ran" in result.stdout) is teardown
