@@ -200,7 +200,7 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
             metrics.close()
             raise TrainingInterrupted(stop.signum or signal.SIGTERM, path)
 
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, progress:  # the bar closes before an error's message, not at interpreter exit
         while state.step < max_steps:
             lr = set_lr(optimizer, tc, state.step, max_steps)
             torch.manual_seed(step_seed(cfg.run.seed, accelerator.process_index, state.step))
@@ -274,7 +274,6 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
                 _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
             stop_here(stop)
 
-    progress.close()
     if evaluate is not None and (not tc.eval_every or max_steps % tc.eval_every):
         _evaluate(cfg, evaluate, model, state, metrics, accelerator)
     _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm.auto import tqdm
 
 from rablip.errors import RablipError
 from rablip.retrieval.index import Index, build_index
@@ -218,6 +219,7 @@ def test_infinite_loss_exits_2_naming_the_step_and_the_last_good_checkpoint(tmp_
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
     assert not (tmp_path / "run" / "final").exists()
     assert_all_finite(tmp_path / "run")
+    assert not [bar for bar in list(tqdm._instances) if bar.desc == "train"]  # closed before the message, not at exit
 
 
 def test_skip_nonfinite_counts_infinite_losses_and_saves_only_finite_weights(tmp_path, capsys):
