@@ -196,7 +196,6 @@ def train(cfg: Config, accelerator: Accelerator, run_dir: Path, model: torch.nn.
         """Save and leave when any process got SIGTERM/SIGINT."""
         if _any_process(accelerator, stop.signum is not None):
             path = _save(accelerator, run_dir, unwrapped, optimizer, state, tc.keep_last)
-            progress.close()
             metrics.close()
             raise TrainingInterrupted(stop.signum or signal.SIGTERM, path)
 

@@ -43,7 +43,8 @@ _groups_closed = 0
 
 
 def end_distributed() -> None:
-    """Close the process group at the end of a job (a rank may otherwise abort at exit)."""
+    """Close the process group at the end of a job; :func:`rablip.utils.cli.run_main` then ends the process
+    without the interpreter's teardown (:func:`rablip.utils.cli.exit_without_teardown` says why)."""
     global _groups_closed
     if _group_ready():
         dist.destroy_process_group()

@@ -26,10 +26,12 @@ from rablip.benchmarks import load_split  # noqa: E402
 from rablip.config.load import load_config  # noqa: E402
 from rablip.data.kb import KBStore  # noqa: E402
 from rablip.evaluation.vqa_metric import normalize_answer  # noqa: E402
+from rablip.retrieval.cache import cache_paths  # noqa: E402
 from rablip.retrieval.references import NoisyReferences  # noqa: E402
+from rablip.retrieval.static import read_retrieval, read_retrieval_texts  # noqa: E402
 from rablip.synthetic.files import annotations_name, load_manifest  # noqa: E402
 from rablip.utils.cli import run_main  # noqa: E402
-from rablip.utils.io import iter_jsonl_with_lines, read_json  # noqa: E402
+from rablip.utils.io import read_json  # noqa: E402
 
 
 def shown_references(eval_dir: Path) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
@@ -37,10 +39,12 @@ def shown_references(eval_dir: Path) -> tuple[dict[str, list[str]], dict[str, se
     reference holds (itself, and a snippet's attached texts)."""
     cfg = load_config(eval_dir / "config.yaml")
     k = cfg.retrieval.k
-    ranked, holds = {}, {}
-    for _, record in iter_jsonl_with_lines(eval_dir / "retrieval_test.jsonl", "retrieval cache"):
-        ranked[str(record["id"])] = [(item["id"], item.get("score")) for item in record["items"]]
-        holds.update({item["id"]: {item["id"], *item.get("texts", [])} for item in record["items"]})
+    results_path = cache_paths(eval_dir, "test")[0]
+    ranked = read_retrieval(results_path)
+    holds = {item_id: {item_id} for top in ranked.values() for item_id, _ in top}
+    for anchors in read_retrieval_texts(results_path).values():
+        for anchor, texts in anchors.items():
+            holds[anchor].update(texts)
     if not cfg.eval.noisy_fraction:
         return {qid: [i for i, _ in top[:k]] for qid, top in ranked.items()}, holds
     kb = KBStore.open(cfg.data.kb.store_dir, root=cfg.data.kb.root or None)
